@@ -1,0 +1,249 @@
+"""The mixing contract: ``MixedBatch`` and the checks every mixer runs on its input.
+
+A mixer turns a batch ``(x, y)`` into a :class:`MixedBatch`. The batch keeps
+both targets and the per-sample weight ``lam`` of ``target_a`` so that any loss
+can be computed from it without knowing which method produced it.
+
+Example:
+    >>> import torch, mixlab
+    >>> x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 1])
+    >>> mb = mixlab.create_mixer("mixup", alpha=1.0)(x, y, generator=torch.Generator().manual_seed(0))
+    >>> mb.soft_targets(3).sum(dim=1)
+    tensor([1., 1., 1., 1.])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mixlab.errors import MixlabTypeError, MixlabValueError, check_probability
+
+#: A function that runs ``model`` on ``inputs`` and returns its output; set by
+#: mixers that mix inside the model (Manifold Mixup) rather than at the input.
+Forward = Callable[[torch.nn.Module, torch.Tensor], Any]
+
+
+@dataclass
+class MixedBatch:
+    """A mixed batch and everything a loss needs to score it.
+
+    Attributes:
+        inputs: the mixed inputs, same shape, dtype and device as ``x``.
+        target_a: the original targets ``y``.
+        target_b: the partners' targets ``y[perm]``.
+        lam: ``(N,)`` float32, the weight of ``target_a`` in the label of each
+            sample (after any area correction).
+        perm: ``(N,)`` long, the index of each sample's partner.
+        mask: optional per-element weight of ``x`` in ``inputs``, broadcastable
+            to ``x`` (``None`` for pure interpolation, where it is ``lam``).
+        forward_fn: how to run a model on this batch; ``None`` means
+            ``model(inputs)``. Use :meth:`forward` rather than reading it.
+
+    Example:
+        >>> import torch
+        >>> y = torch.tensor([0, 2])
+        >>> mb = MixedBatch(torch.zeros(2, 1), y, y.flip(0), torch.tensor([0.75, 0.75]), torch.tensor([1, 0]))
+        >>> mb.soft_targets(3)
+        tensor([[0.7500, 0.0000, 0.2500],
+                [0.2500, 0.0000, 0.7500]])
+    """
+
+    inputs: torch.Tensor
+    target_a: torch.Tensor
+    target_b: torch.Tensor
+    lam: torch.Tensor
+    perm: torch.Tensor
+    mask: torch.Tensor | None = None
+    forward_fn: Forward | None = field(default=None, repr=False)
+
+    def forward(self, model: torch.nn.Module) -> Any:
+        """Run ``model`` on the mixed batch, mixing inside it when the method says so.
+
+        Example:
+            >>> import torch
+            >>> mb = MixedBatch.unmixed(torch.ones(2, 3), torch.tensor([0, 1]))
+            >>> mb.forward(torch.nn.Identity()).shape
+            torch.Size([2, 3])
+        """
+        if self.forward_fn is None:
+            return model(self.inputs)
+        return self.forward_fn(model, self.inputs)
+
+    @property
+    def batch_size(self) -> int:
+        """Number of samples in the batch."""
+        return int(self.inputs.shape[0])
+
+    def soft_targets(self, num_classes: int | None = None, smoothing: float = 0.0) -> torch.Tensor:
+        """Return the mixed target distribution, ``(N, num_classes)`` float32.
+
+        Row ``i`` is ``lam_i * t(y_a) + (1 - lam_i) * t(y_b)`` where ``t`` is the
+        one-hot (or given soft) label smoothed towards uniform by ``smoothing``
+        (Szegedy et al., CVPR 2016, arXiv 1512.00567).
+
+        Args:
+            num_classes: required for class-index targets; for soft labels it
+                must equal their width when given.
+            smoothing: label-smoothing mass in [0, 1].
+
+        Example:
+            >>> import torch
+            >>> mb = MixedBatch.unmixed(torch.zeros(1, 2), torch.tensor([1]))
+            >>> mb.soft_targets(2, smoothing=0.2)
+            tensor([[0.1000, 0.9000]])
+        """
+        smoothing = check_probability("smoothing", smoothing)
+        ya, yb = self.target_a, self.target_b
+        if not ya.is_floating_point():
+            if num_classes is None:
+                raise MixlabValueError("num_classes is needed to turn class-index targets into soft targets; got None")
+            _check_num_classes(num_classes)
+            _check_class_indices(ya, num_classes)
+            return _mixed_one_hot(ya, yb, self.lam, num_classes, smoothing)
+        if ya.ndim != 2:
+            raise MixlabValueError(
+                f"soft_targets needs class indices (N,) or soft labels (N, K); got float targets of shape "
+                f"{tuple(ya.shape)} (use mixed_target() for regression targets)"
+            )
+        width = ya.shape[1]
+        if num_classes is not None and width != num_classes:
+            raise MixlabValueError(f"soft labels have {width} columns but num_classes={num_classes}")
+        lam = self.lam.to(torch.float32).unsqueeze(1)
+        mixed = torch.lerp(yb.to(torch.float32), ya.to(torch.float32), lam)
+        if smoothing:
+            mixed = mixed * (1.0 - smoothing) + smoothing / width
+        return mixed
+
+    def mixed_target(self) -> torch.Tensor:
+        """Return ``lam * y_a + (1 - lam) * y_b`` for floating targets (regression, soft labels).
+
+        Example:
+            >>> import torch
+            >>> y = torch.tensor([[1.0], [3.0]])
+            >>> MixedBatch(torch.zeros(2, 1), y, y.flip(0), torch.tensor([0.5, 0.25]), torch.tensor([1, 0])).mixed_target()
+            tensor([[2.0000],
+                    [1.5000]])
+        """
+        ya, yb = self.target_a, self.target_b
+        if not ya.is_floating_point():
+            raise MixlabTypeError(
+                f"mixed_target() needs floating targets; got dtype {ya.dtype} (use soft_targets(num_classes) "
+                "for class indices)"
+            )
+        lam = self.lam.to(ya.dtype).reshape(-1, *([1] * (ya.ndim - 1)))
+        return torch.lerp(yb, ya, lam)
+
+    @classmethod
+    def unmixed(cls, x: torch.Tensor, y: torch.Tensor) -> MixedBatch:
+        """A batch that was not mixed: ``lam = 1``, every sample its own partner.
+
+        ``inputs`` is ``x`` itself (no copy), as in timm when mixing is skipped.
+
+        Example:
+            >>> import torch
+            >>> MixedBatch.unmixed(torch.zeros(3, 2), torch.tensor([0, 1, 0])).lam
+            tensor([1., 1., 1.])
+        """
+        n = x.shape[0]
+        perm = torch.arange(n, device=x.device)
+        lam = torch.ones(n, device=x.device, dtype=torch.float32)
+        return cls(x, y, y, lam, perm)
+
+
+def validate_batch(
+    x: object,
+    y: object,
+    *,
+    method: str,
+    num_classes: int | None = None,
+    spatial: bool = False,
+    check_labels: bool = True,
+) -> None:
+    """Check ``(x, y)`` against the mixing contract and raise a clear error if it is broken.
+
+    Args:
+        x: inputs, a floating tensor ``(N, ...)``; with ``spatial=True`` it must be
+            ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``.
+        y: class indices ``(N,)``, soft labels ``(N, K)`` or regression targets.
+        method: the mixer's name, used in messages.
+        num_classes: when given, class indices must be below it and soft labels
+            must have this width.
+        spatial: whether the method builds masks over spatial dims.
+        check_labels: whether to check class-index ranges (reads the labels,
+            which synchronises a CUDA device).
+
+    Example:
+        >>> import torch
+        >>> validate_batch(torch.zeros(2, 3), torch.tensor([0, 1]), method="mixup", num_classes=2)
+    """
+    if not isinstance(x, torch.Tensor):
+        raise MixlabTypeError(f"{method}: x must be a torch.Tensor; got {type(x).__name__}")
+    if not isinstance(y, torch.Tensor):
+        raise MixlabTypeError(f"{method}: y must be a torch.Tensor; got {type(y).__name__}")
+    if not x.is_floating_point():
+        raise MixlabTypeError(
+            f"{method}: x must be a floating tensor (float32, float16, bfloat16, float64); got dtype {x.dtype}. "
+            "Convert images first, e.g. x.float() / 255"
+        )
+    if x.ndim < 2:
+        raise MixlabValueError(
+            f"{method}: x must have a batch dim and at least one more, (N, ...); got shape {tuple(x.shape)}"
+        )
+    if spatial and not 3 <= x.ndim <= 5:
+        raise MixlabValueError(
+            f"{method} builds masks over spatial dims and needs x of shape (N, C, L), (N, C, H, W) or "
+            f"(N, C, D, H, W); got shape {tuple(x.shape)} with {max(x.ndim - 2, 0)} spatial dims"
+        )
+    if x.shape[0] < 1:
+        raise MixlabValueError(f"{method}: the batch is empty; got x of shape {tuple(x.shape)}")
+    if y.ndim < 1 or y.shape[0] != x.shape[0]:
+        raise MixlabValueError(
+            f"{method}: x and y must have the same batch size; got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    if y.dtype == torch.bool:
+        raise MixlabTypeError(f"{method}: y must be class indices (integer) or float targets; got dtype torch.bool")
+    if num_classes is not None:
+        _check_num_classes(num_classes)
+    if y.is_floating_point():
+        if num_classes is not None and y.ndim == 2 and y.shape[1] != num_classes:
+            raise MixlabValueError(
+                f"{method}: soft labels must have num_classes={num_classes} columns; got y of shape {tuple(y.shape)}"
+            )
+        return
+    if y.is_complex():
+        raise MixlabTypeError(f"{method}: y must be real; got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise MixlabValueError(f"{method}: class indices must have shape (N,); got {tuple(y.shape)}")
+    if check_labels:
+        _check_class_indices(y, num_classes)
+
+
+def _check_num_classes(num_classes: object) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise MixlabValueError(f"num_classes must be a positive int; got {num_classes!r}")
+
+
+def _check_class_indices(y: torch.Tensor, num_classes: int | None) -> None:
+    low = int(y.min())
+    if low < 0:
+        raise MixlabValueError(f"class indices must be >= 0; got {low}")
+    if num_classes is not None:
+        high = int(y.max())
+        if high >= num_classes:
+            raise MixlabValueError(f"class indices must be < num_classes={num_classes}; got {high}")
+
+
+def _mixed_one_hot(
+    ya: torch.Tensor, yb: torch.Tensor, lam: torch.Tensor, num_classes: int, smoothing: float
+) -> torch.Tensor:
+    off = smoothing / num_classes
+    on = 1.0 - smoothing + off
+    lam = lam.to(torch.float32)
+    out = torch.full((ya.shape[0], num_classes), off, dtype=torch.float32, device=ya.device)
+    out.scatter_add_(1, ya.long().unsqueeze(1), (lam * (on - off)).unsqueeze(1))
+    out.scatter_add_(1, yb.long().unsqueeze(1), ((1.0 - lam) * (on - off)).unsqueeze(1))
+    return out

@@ -1,0 +1,82 @@
+"""The mixer registry: ``create_mixer(name, **params)`` and ``list_mixers()``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from mixlab.errors import MixlabTypeError, UnknownNameError
+from mixlab.methods.base import Mixer, MixParams, blend
+from mixlab.methods.compose import RandomChoice
+from mixlab.methods.interpolation import Midpoint, Mixup
+from mixlab.methods.manifold import ManifoldMixup
+from mixlab.methods.masking import CutMix, FMix, GridMix, ResizeMix, SmoothMix
+from mixlab.methods.saliency import SaliencyMix
+
+MIXERS: dict[str, type[Mixer]] = {
+    cls.name: cls
+    for cls in (Mixup, Midpoint, CutMix, ResizeMix, FMix, GridMix, SmoothMix, SaliencyMix, ManifoldMixup, RandomChoice)
+}
+
+
+def list_mixers() -> list[str]:
+    """Names accepted by :func:`create_mixer`, sorted.
+
+    Example:
+        >>> "cutmix" in list_mixers()
+        True
+    """
+    return sorted(MIXERS)
+
+
+def create_mixer(name: str, **params: Any) -> Mixer:
+    """Build a mixer by name, e.g. ``create_mixer("cutmix", alpha=1.0, p=0.5)``.
+
+    Unknown names and parameters raise errors that list the accepted ones.
+
+    Example:
+        >>> type(create_mixer("mixup", alpha=0.2)).__name__
+        'Mixup'
+    """
+    if name not in MIXERS:
+        raise UnknownNameError("mixer", name, MIXERS)
+    cls = MIXERS[name]
+    accepted = _accepted_params(cls)
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise MixlabTypeError(f"{name} does not take {', '.join(unknown)}; it accepts: {', '.join(sorted(accepted))}")
+    return cls(**params)
+
+
+def _accepted_params(cls: type) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        sig = inspect.signature(init)
+        names |= {p.name for p in sig.parameters.values() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            break
+    names.discard("self")
+    return names
+
+
+__all__ = [
+    "MIXERS",
+    "CutMix",
+    "FMix",
+    "GridMix",
+    "ManifoldMixup",
+    "Midpoint",
+    "MixParams",
+    "Mixer",
+    "Mixup",
+    "RandomChoice",
+    "ResizeMix",
+    "SaliencyMix",
+    "SmoothMix",
+    "blend",
+    "create_mixer",
+    "list_mixers",
+]

@@ -1,0 +1,229 @@
+"""The mixer base class: parameter sampling apart from application.
+
+A mixer is called as ``mixer(x, y, generator=g)`` and returns a
+:class:`~mixlab.batch.MixedBatch`. The call is two steps that can be run apart
+(as in Kornia): ``params = mixer.sample(x, y, g)`` draws every random choice,
+``mixer.apply(x, y, params)`` is deterministic given ``params``.
+
+Subclasses implement :meth:`Mixer._sample_params` (method-specific draws, given
+the partners and the drawn ratios) and :meth:`Mixer._mix` (the blend).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from mixlab.batch import MixedBatch, validate_batch
+from mixlab.errors import check_choice, check_probability
+from mixlab.sampling import PairSampler, as_cpu_generator, make_lambda_sampler, make_pair_sampler, new_generator
+
+LAM_MODES = ("batch", "sample")
+
+
+@dataclass
+class MixParams:
+    """Everything a mixer drew for one batch; ``apply`` is deterministic given it.
+
+    Attributes:
+        perm: ``(N,)`` long partner indices on the data's device.
+        lam: ``(N,)`` float32 on the data's device, the weight of ``target_a``.
+        weight: weight of ``x`` per element, broadcastable to ``x`` and in
+            ``x``'s dtype; ``None`` when the method does not blend by weight.
+        mixed: ``False`` when the whole batch is left unmixed (probability ``p``).
+        extra: method-specific parameters (boxes, a layer name, ...).
+    """
+
+    perm: torch.Tensor
+    lam: torch.Tensor
+    weight: torch.Tensor | None = None
+    mixed: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Mixer(ABC):
+    """Base of every mixer: validation, λ and partner draws, probability ``p``, ``inplace``.
+
+    Args:
+        alpha: λ ~ Beta(alpha, alpha). Give at most one of ``alpha``, ``lam``, ``lam_range``.
+        lam: a fixed λ in [0, 1].
+        lam_range: λ ~ U(low, high).
+        lam_mode: ``"batch"`` (one λ for the batch) or ``"sample"`` (one per sample),
+            as timm's batch and elem modes.
+        p: probability of mixing, per batch in batch mode and per sample in sample mode.
+        pairing: ``"random"``, ``"c_mixup"``, ``"same_class"``, ``"different_class"``
+            or a :class:`~mixlab.sampling.PairSampler`.
+        sigma: C-Mixup kernel bandwidth (only with ``pairing="c_mixup"``).
+        num_classes: when given, class indices and soft-label widths are checked against it.
+        inplace: write the mixed batch into ``x`` instead of a new tensor.
+        seed: seed of the mixer's own generator, used when no generator is passed.
+        validate: check the inputs (reads the labels, a device sync on CUDA).
+    """
+
+    name: ClassVar[str] = ""
+    #: whether the method builds masks over spatial dims.
+    spatial: ClassVar[bool] = False
+    #: what the method needs besides (x, y): e.g. {"model"}.
+    requires: ClassVar[frozenset[str]] = frozenset()
+    default_alpha: ClassVar[float] = 1.0
+
+    def __init__(
+        self,
+        *,
+        alpha: float | None = None,
+        lam: float | None = None,
+        lam_range: tuple[float, float] | None = None,
+        lam_mode: str = "batch",
+        p: float = 1.0,
+        pairing: str | PairSampler = "random",
+        sigma: float | None = None,
+        num_classes: int | None = None,
+        inplace: bool = False,
+        seed: int | None = None,
+        validate: bool = True,
+    ):
+        if alpha is None and lam is None and lam_range is None:
+            alpha = self.default_alpha
+        self.lam_sampler = make_lambda_sampler(alpha=alpha, lam=lam, lam_range=lam_range)
+        self.lam_mode = check_choice("lam_mode", lam_mode, LAM_MODES)
+        self.p = check_probability("p", p)
+        self.pairing = make_pair_sampler(pairing, **({} if sigma is None else {"sigma": sigma}))
+        self.num_classes = num_classes
+        self.inplace = bool(inplace)
+        self.validate = bool(validate)
+        self.generator = new_generator(seed)
+
+    # ------------------------------------------------------------ public steps
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        alpha_scale: float = 1.0,
+        context: dict[str, Any] | None = None,
+    ) -> MixedBatch:
+        """Mix a batch: ``apply(x, y, sample(x, y, generator))``.
+
+        Args:
+            x: floating inputs ``(N, ...)``.
+            y: class indices ``(N,)``, soft labels ``(N, K)`` or float targets.
+            generator: a ``torch.Generator``; the same state gives the same output.
+            alpha_scale: multiplies the Beta α for this call (used by ramp schedules).
+            context: what a model-aware mixer needs (e.g. ``{"model": model}``).
+        """
+        return self.apply(x, y, self.sample(x, y, generator, alpha_scale=alpha_scale, context=context), context=context)
+
+    def sample(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        alpha_scale: float = 1.0,
+        context: dict[str, Any] | None = None,
+    ) -> MixParams:
+        """Draw every random parameter for this batch (no change to ``x``)."""
+        self.check(x, y)
+        g = as_cpu_generator(generator, self.generator)
+        n = x.shape[0]
+        if self.lam_mode == "batch" and self.p < 1.0 and float(torch.rand(1, generator=g)) >= self.p:
+            return MixParams(torch.arange(n, device=x.device), torch.ones(n, device=x.device), mixed=False)
+        perm = self.pairing.sample(y, g).to(x.device, non_blocking=True)
+        lam = self.lam_sampler.sample(1 if self.lam_mode == "batch" else n, g, alpha_scale=alpha_scale)
+        if self.lam_mode == "sample" and self.p < 1.0:
+            lam = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < self.p, lam, torch.ones_like(lam))
+        return self._sample_params(x, y, perm, lam, g, context or {})
+
+    def apply(
+        self, x: torch.Tensor, y: torch.Tensor, params: MixParams, *, context: dict[str, Any] | None = None
+    ) -> MixedBatch:
+        """Blend ``x`` with its partners as ``params`` say; deterministic."""
+        if not params.mixed:
+            return MixedBatch.unmixed(x, y)
+        inputs = self._mix(x, params, context or {})
+        return MixedBatch(inputs, y, y.index_select(0, params.perm), params.lam, params.perm, params.weight)
+
+    def check(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Raise a :class:`~mixlab.errors.MixlabError` if ``(x, y)`` break the contract."""
+        if not self.validate:
+            return
+        validate_batch(x, y, method=self.name, num_classes=self.num_classes, spatial=self.spatial)
+
+    # ------------------------------------------------------------ for subclasses
+
+    @abstractmethod
+    def _sample_params(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        perm: torch.Tensor,
+        lam: torch.Tensor,
+        g: torch.Generator,
+        context: dict[str, Any],
+    ) -> MixParams:
+        """Method-specific draws given partners ``perm`` and ratios ``lam`` (``(1,)`` or ``(N,)`` float64 CPU).
+
+        Returns params with ``perm`` and, as ``lam``, the exact ``(N,)`` label weight.
+        """
+
+    def _mix(self, x: torch.Tensor, params: MixParams, context: dict[str, Any]) -> torch.Tensor:
+        """Blend by ``params.weight``: ``w * x + (1 - w) * x[perm]``, exact where ``w`` is 0 or 1."""
+        return blend(x, params.perm, params.weight, inplace=self.inplace)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lam={self.lam_sampler!r}, lam_mode={self.lam_mode!r}, p={self.p})"
+
+
+def blend(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """Return ``weight * x + (1 - weight) * x[perm]`` in one gather and one fused lerp.
+
+    ``torch.lerp`` returns ``end`` exactly for a weight of 1 and ``start`` for 0,
+    so binary masks copy elements bit for bit.
+
+    Example:
+        >>> x = torch.tensor([[1.0], [3.0]])
+        >>> blend(x, torch.tensor([1, 0]), torch.tensor([[0.25], [1.0]]))
+        tensor([[2.5000],
+                [3.0000]])
+    """
+    out = x.index_select(0, perm)
+    out.lerp_(x, weight)
+    if inplace:
+        return x.copy_(out)
+    return out
+
+
+def per_sample(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Expand a ``(1,)`` or ``(N,)`` tensor to ``(N,)``.
+
+    Example:
+        >>> per_sample(torch.tensor([0.5]), 3)
+        tensor([0.5000, 0.5000, 0.5000])
+    """
+    return values.expand(n) if values.shape[0] == 1 else values
+
+
+def broadcast_weight(lam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Shape ``(M,)`` ratios as ``(M, 1, ..., 1)`` in ``x``'s dtype and device.
+
+    Example:
+        >>> broadcast_weight(torch.tensor([0.5, 1.0]), torch.zeros(2, 3, 4)).shape
+        torch.Size([2, 1, 1])
+    """
+    return lam.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+
+
+def label_weight(weight: torch.Tensor, n: int) -> torch.Tensor:
+    """The exact share of ``x_i`` in each sample: the mean of its weight, ``(N,)`` float32.
+
+    Example:
+        >>> label_weight(torch.tensor([[[1.0, 0.0, 0.0, 1.0]]]), 2)
+        tensor([0.5000, 0.5000])
+    """
+    mean = weight.to(torch.float64).flatten(1).mean(dim=1)
+    return per_sample(mean, n).to(torch.float32)

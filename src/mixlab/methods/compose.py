@@ -1,0 +1,147 @@
+"""Compositions: a weighted random choice of mixer per batch or per sample."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Generator, Tensor
+
+from mixlab.batch import MixedBatch
+from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_non_negative
+from mixlab.methods.base import LAM_MODES, Mixer, MixParams
+from mixlab.sampling import as_cpu_generator
+
+MixerSpec = Mixer | str | Mapping[str, Any]
+
+
+class RandomChoice(Mixer):
+    """Pick one mixer per batch (``mode="batch"``) or per sample (``mode="sample"``) with given weights.
+
+    Like timm's mixup/CutMix switch and OpenMixup's multi-mode mixing. Each
+    choice uses its own mixer's λ distribution. In sample mode all chosen
+    methods share one partner draw and every method is computed on the whole
+    batch, so the cost grows with the number of methods. Methods that mix
+    inside the model (Manifold Mixup) can only be chosen per batch.
+
+    Args:
+        mixers: mixers, names, or dicts ``{"name": ..., **params}``.
+        weights: non-negative weights, one per mixer (default: equal).
+        mode: ``"batch"`` or ``"sample"``.
+        p: probability of mixing at all (per batch, or per sample in sample mode).
+
+    Example:
+        >>> import torch, mixlab
+        >>> mixer = mixlab.create_mixer("random_choice", mixers=["mixup", {"name": "cutmix", "alpha": 1.0}], weights=[0.5, 0.5])
+        >>> mixer(torch.randn(4, 3, 8, 8), torch.arange(4)).inputs.shape
+        torch.Size([4, 3, 8, 8])
+    """
+
+    name = "random_choice"
+
+    def __init__(
+        self,
+        mixers: Sequence[MixerSpec],
+        weights: Sequence[float] | None = None,
+        *,
+        mode: str = "batch",
+        p: float = 1.0,
+        seed: int | None = None,
+        num_classes: int | None = None,
+        validate: bool = True,
+    ):
+        super().__init__(lam=1.0, p=p, seed=seed, num_classes=num_classes, validate=validate)
+        if isinstance(mixers, (str, Mapping)) or not isinstance(mixers, Sequence) or not mixers:
+            raise MixlabValueError(f"mixers must be a non-empty list of mixers, names or dicts; got {mixers!r}")
+        self.mixers = [_build(spec) for spec in mixers]
+        self.mode = check_choice("random_choice mode", mode, LAM_MODES)
+        self.weights = _check_weights(weights, len(self.mixers))
+        self.spatial = any(m.spatial for m in self.mixers)
+        self.requires = frozenset().union(*(m.requires for m in self.mixers))
+        if self.mode == "sample" and self.requires:
+            names = [m.name for m in self.mixers if m.requires]
+            raise MixlabValueError(f"mode='sample' cannot mix per sample with methods that need the model: {names}")
+
+    def sample(
+        self,
+        x: Tensor,
+        y: Tensor,
+        generator: Generator | None = None,
+        *,
+        alpha_scale: float = 1.0,
+        context: dict[str, Any] | None = None,
+    ) -> MixParams:
+        """Draw the choice(s), then each chosen mixer's parameters."""
+        self.check(x, y)
+        g = as_cpu_generator(generator, self.generator)
+        n = x.shape[0]
+        if self.mode == "batch":
+            if self.p < 1.0 and float(torch.rand(1, generator=g)) >= self.p:
+                return MixParams(torch.arange(n, device=x.device), torch.ones(n, device=x.device), mixed=False)
+            k = int(torch.multinomial(self.weights, 1, generator=g))
+            params = self.mixers[k].sample(x, y, g, alpha_scale=alpha_scale, context=context)
+            params.extra = {**params.extra, "choice": k}
+            return params
+        return self._sample_per_sample(x, y, g, alpha_scale, context or {})
+
+    def _sample_per_sample(self, x: Tensor, y: Tensor, g: Generator, alpha_scale: float, context: dict) -> MixParams:
+        n = x.shape[0]
+        choice = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        if self.p < 1.0:  # -1 marks samples left unmixed
+            choice = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < self.p, choice, -1)
+        perm = self.mixers[0].pairing.sample(y, g).to(x.device)
+        parts = []
+        for k, mixer in enumerate(self.mixers):
+            lam = mixer.lam_sampler.sample(n, g, alpha_scale=alpha_scale)
+            lam = torch.where(choice == k, lam, torch.ones_like(lam))
+            parts.append(mixer._sample_params(x, y, perm, lam, g, context))
+        lam = torch.ones(n, dtype=torch.float32, device=x.device)
+        choice_d = choice.to(x.device)
+        for k, part in enumerate(parts):
+            lam = torch.where(choice_d == k, part.lam, lam)
+        return MixParams(perm=perm, lam=lam, extra={"choice": choice, "parts": parts})
+
+    def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
+        """Apply the chosen mixer(s)."""
+        if not params.mixed:
+            return MixedBatch.unmixed(x, y)
+        if self.mode == "batch":
+            return self.mixers[params.extra["choice"]].apply(x, y, params, context=context)
+        choice, parts = params.extra["choice"], params.extra["parts"]
+        out = x.clone()
+        for k, (mixer, part) in enumerate(zip(self.mixers, parts, strict=False)):
+            rows = (choice == k).nonzero().squeeze(1).to(x.device)
+            if rows.numel():
+                out.index_copy_(0, rows, mixer._mix(x, part, context or {}).index_select(0, rows))
+        if self.inplace:
+            out = x.copy_(out)
+        return MixedBatch(out, y, y.index_select(0, params.perm), params.lam, params.perm)
+
+    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
+        raise MixlabTypeError("RandomChoice draws through its mixers; it cannot be nested inside another RandomChoice")
+
+
+def _build(spec: MixerSpec) -> Mixer:
+    from mixlab.methods import create_mixer  # the registry imports this module
+
+    if isinstance(spec, Mixer):
+        return spec
+    if isinstance(spec, str):
+        return create_mixer(spec)
+    if isinstance(spec, Mapping) and "name" in spec:
+        params = dict(spec)
+        return create_mixer(params.pop("name"), **params)
+    raise MixlabTypeError(f"each mixer must be a Mixer, a name or a dict with 'name'; got {spec!r}")
+
+
+def _check_weights(weights: Sequence[float] | None, count: int) -> Tensor:
+    if weights is None:
+        return torch.full((count,), 1.0 / count, dtype=torch.float64)
+    if isinstance(weights, str) or not isinstance(weights, Sequence) or len(weights) != count:
+        raise MixlabValueError(f"weights must be a list of {count} numbers, one per mixer; got {weights!r}")
+    values = [check_non_negative("each weight", w) for w in weights]
+    if sum(values) <= 0:
+        raise MixlabValueError(f"weights must have a positive sum; got {list(weights)!r}")
+    t = torch.tensor(values, dtype=torch.float64)
+    return t / t.sum()

@@ -1,0 +1,124 @@
+"""Manifold Mixup: mix hidden states at a layer drawn per batch, then finish the forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Generator, Tensor, nn
+
+from mixlab.batch import MixedBatch
+from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
+from mixlab.methods.base import Mixer, MixParams, blend, broadcast_weight, per_sample
+
+INPUT = "input"
+
+
+class ManifoldMixup(Mixer):
+    """Manifold Mixup on any ``nn.Module``: mixup of the output of a module chosen per batch.
+
+    The layer is drawn uniformly from ``layers`` (module names as in
+    ``model.named_modules()``, plus ``"input"`` for the input itself). A forward
+    hook replaces that module's output ``h`` by ``lam * h + (1 - lam) * h[perm]``
+    during :meth:`MixedBatch.forward`, so run the model with
+    ``mb.forward(model)``, not ``model(mb.inputs)``. Default ``alpha=2``.
+    Verma et al., ICML 2019, arXiv 1806.05236.
+
+    Args:
+        layers: candidate module names (and/or ``"input"``).
+        model: the model, to check the names at once; may instead be given per
+            call as ``context={"model": model}``.
+
+    Example:
+        >>> import torch, mixlab
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> mixer = mixlab.ManifoldMixup(layers=["input", "0", "1"], model=net)
+        >>> mb = mixer(torch.randn(5, 4), torch.randint(0, 3, (5,)))
+        >>> mb.forward(net).shape
+        torch.Size([5, 3])
+    """
+
+    name = "manifold_mixup"
+    requires = frozenset({"model"})
+    default_alpha = 2.0
+
+    def __init__(self, *, layers: Sequence[str] = (INPUT,), model: nn.Module | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+            raise MixlabValueError(f"layers must be a non-empty list of module names; got {layers!r}")
+        if not all(isinstance(name, str) for name in layers):
+            raise MixlabTypeError(f"layers must be module names (str); got {list(layers)!r}")
+        self.layers = tuple(layers)
+        self.model = model
+        if model is not None:
+            self.check_model(model)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``UnknownNameError`` listing the model's modules if a layer name is not among them."""
+        if not isinstance(model, nn.Module):
+            raise MixlabTypeError(f"manifold_mixup needs an nn.Module; got {type(model).__name__}")
+        for name in self.layers:
+            if name != INPUT:
+                _find_module(model, name)
+
+    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
+        model = context.get("model", self.model)
+        if model is not None:
+            self.check_model(model)
+        layer = self.layers[int(torch.randint(len(self.layers), (1,), generator=g))]
+        weight = broadcast_weight(lam, x)
+        exact = per_sample(weight.flatten().to(torch.float32), x.shape[0])
+        return MixParams(perm=perm, lam=exact, weight=weight, extra={"layer": layer})
+
+    def _mix(self, x: Tensor, params: MixParams, context: dict[str, Any]) -> Tensor:
+        if params.extra["layer"] == INPUT:
+            return blend(x, params.perm, params.weight, inplace=self.inplace)
+        return x
+
+    def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
+        """Mix at the input, or return a batch whose ``forward`` mixes at the drawn layer."""
+        mb = super().apply(x, y, params, context=context)
+        layer = params.extra.get("layer", INPUT)
+        if params.mixed and layer != INPUT:
+            mb.forward_fn = _HiddenMix(layer, params.perm, params.lam)
+        mb.mask = None
+        return mb
+
+
+class _HiddenMix:
+    """Runs a model with one module's output mixed with its partners' (first call only)."""
+
+    def __init__(self, layer: str, perm: Tensor, lam: Tensor):
+        self.layer, self.perm, self.lam = layer, perm, lam
+
+    def __call__(self, model: nn.Module, inputs: Tensor) -> Any:
+        module = _find_module(model, self.layer)
+        done = False
+
+        def mix_output(_module: nn.Module, _args: Any, output: Any) -> Tensor:
+            nonlocal done
+            if done:  # a module called twice (weight sharing) is mixed once
+                return output
+            if not isinstance(output, Tensor):
+                raise MixlabTypeError(
+                    f"manifold_mixup: module {self.layer!r} returned {type(output).__name__}; "
+                    "choose a module whose output is a tensor"
+                )
+            done = True
+            return blend(output, self.perm, broadcast_weight(self.lam, output))
+
+        handle = module.register_forward_hook(mix_output)
+        try:
+            return model(inputs)
+        finally:
+            handle.remove()
+
+
+def _find_module(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    for candidate in (name, f"module.{name}"):  # DDP and DataParallel wrap the model as "module"
+        if candidate in modules and candidate:
+            return modules[candidate]
+    known = [n for n in modules if n] + [INPUT]
+    raise UnknownNameError("module for manifold_mixup", name, known)
