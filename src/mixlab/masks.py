@@ -267,7 +267,8 @@ def resized_into_boxes(source: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor)
         hi = torch.cat([torch.ones_like(hi), hi], dim=1)
         shape = source.shape[2:]
     device = source.device
-    lo_d, side = lo.to(device, torch.float32), (hi - lo).to(device, torch.float32)
+    # An empty box (an unmixed sample) gets side 1 so the grid stays finite; its weight hides it.
+    lo_d, side = lo.to(device, torch.float32), (hi - lo).clamp(min=1).to(device, torch.float32)
     axes = []
     for k, coord in enumerate(_aranges(shape, device)):
         size = coord.numel()
@@ -277,7 +278,7 @@ def resized_into_boxes(source: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor)
     grid = torch.stack(axes[::-1], dim=-1)  # grid_sample wants (x, y[, z]) order
     work = source if source.dtype in (torch.float32, torch.float64) else source.float()
     out = torch.nn.functional.grid_sample(
-        work, grid.to(work.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+        work, grid.to(work.dtype), mode="bilinear", padding_mode="border", align_corners=False
     )
     out = out.to(source.dtype)
     return out.squeeze(2) if squeeze_1d else out

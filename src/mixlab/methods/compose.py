@@ -49,9 +49,10 @@ class RandomChoice(Mixer):
         p: float = 1.0,
         seed: int | None = None,
         num_classes: int | None = None,
+        inplace: bool = False,
         validate: bool = True,
     ):
-        super().__init__(lam=1.0, p=p, seed=seed, num_classes=num_classes, validate=validate)
+        super().__init__(lam=1.0, p=p, seed=seed, num_classes=num_classes, inplace=inplace, validate=validate)
         if isinstance(mixers, (str, Mapping)) or not isinstance(mixers, Sequence) or not mixers:
             raise MixlabValueError(f"mixers must be a non-empty list of mixers, names or dicts; got {mixers!r}")
         self.mixers = [_build(spec) for spec in mixers]
@@ -107,7 +108,10 @@ class RandomChoice(Mixer):
         if not params.mixed:
             return MixedBatch.unmixed(x, y)
         if self.mode == "batch":
-            return self.mixers[params.extra["choice"]].apply(x, y, params, context=context)
+            mb = self.mixers[params.extra["choice"]].apply(x, y, params, context=context)
+            if self.inplace and mb.inputs is not x:
+                mb.inputs = x.copy_(mb.inputs)
+            return mb
         choice, parts = params.extra["choice"], params.extra["parts"]
         out = x.clone()
         for k, (mixer, part) in enumerate(zip(self.mixers, parts, strict=False)):

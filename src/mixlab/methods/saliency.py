@@ -41,7 +41,8 @@ def spectral_residual_saliency(x: Tensor, size: int = SALIENCY_SIZE, blur_sigma:
     dims = tuple(range(2, 2 + d))
     spectrum = torch.fft.fftn(gray, dim=dims)
     log_amp = torch.log(spectrum.abs() + 1e-8)
-    residual = log_amp - _BOX[d](log_amp, 3, stride=1, padding=1, count_include_pad=False)
+    local_mean = _BOX[d](F.pad(log_amp, (1, 1) * d, mode="replicate"), 3, stride=1)
+    residual = log_amp - local_mean
     phase = torch.angle(spectrum)
     sal = torch.fft.ifftn(torch.polar(torch.exp(residual), phase), dim=dims).abs().square()
     return _gaussian_blur(sal, blur_sigma).squeeze(1)
