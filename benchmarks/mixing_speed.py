@@ -1,0 +1,104 @@
+"""Time every mixer against a plain ``x.clone()`` of the same batch.
+
+Prints, per device and batch shape, the median time per batch and its ratio to
+the clone's median, measured interleaved in one run (so machine noise hits
+both alike). Usage:
+
+    python benchmarks/mixing_speed.py [--repeats 30] [--lam-mode batch|sample] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import mixlab
+
+SHAPES = [(64, 3, 224, 224), (128, 3, 32, 32)]
+GOALS_224 = {"mixup": 2.0, "midpoint": 2.0, "manifold_mixup": 2.0, "saliencymix": 3.0}
+MASK_GOAL_224 = 1.6
+GOAL_32 = 5.0
+
+
+def mixers(lam_mode: str) -> dict[str, mixlab.Mixer]:
+    """Every registered mixer at its defaults (random_choice: the mixup/CutMix switch)."""
+    out = {}
+    for name in mixlab.list_mixers():
+        if name == "random_choice":
+            out[name] = mixlab.create_mixer(name, mixers=["mixup", "cutmix"], mode=lam_mode, seed=0)
+        else:
+            out[name] = mixlab.create_mixer(name, lam_mode=lam_mode, seed=0)
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def measure(x: torch.Tensor, y: torch.Tensor, mixer: mixlab.Mixer, repeats: int) -> tuple[float, float]:
+    """Median seconds of the mixer and of ``x.clone()``, interleaved."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # warm-up: allocator, kernels, caches
+        mixer(x, y, generator=g)
+        x.clone()
+    mix_times, clone_times = [], []
+    for _ in range(repeats):
+        clone_times.append(_time(lambda: x.clone(), x.device))
+        mix_times.append(_time(lambda: mixer(x, y, generator=g), x.device))
+    return statistics.median(mix_times), statistics.median(clone_times)
+
+
+def goal(name: str, shape: tuple[int, ...]) -> float:
+    """The speed goal of issue 2 for this mixer and shape."""
+    if shape[-1] != 224:
+        return GOAL_32
+    return GOALS_224.get(name, MASK_GOAL_224)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--lam-mode", choices=["batch", "sample"], default="batch")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, lam_mode={args.lam_mode}")
+    print(f"{'device':6} {'shape':>18} {'mixer':15} {'median ms':>10} {'clone ms':>9} {'ratio':>6} {'goal':>5}")
+    for device in devices:
+        for shape in SHAPES:
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(shape, generator=g).to(device)
+            y = torch.randint(0, 10, (shape[0],), generator=g).to(device)
+            for name, mixer in mixers(args.lam_mode).items():
+                if name == "manifold_mixup":
+                    mixer = mixlab.create_mixer(name, layers=["input"], lam_mode=args.lam_mode, seed=0)
+                t_mix, t_clone = measure(x, y, mixer, args.repeats)
+                ratio, target = t_mix / t_clone, goal(name, shape)
+                flag = "ok" if ratio <= target else "MISS"
+                rows.append({"device": device.type, "shape": list(shape), "mixer": name, "median_s": t_mix,
+                             "clone_s": t_clone, "ratio": ratio, "goal": target})
+                print(f"{device.type:6} {'x'.join(map(str, shape)):>18} {name:15} {t_mix * 1e3:10.3f} "
+                      f"{t_clone * 1e3:9.3f} {ratio:6.2f} {target:5.1f} {flag}", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
