@@ -45,7 +45,9 @@ def _check_logits(logits: Tensor, n: int, what: str = "logits") -> int:
     return int(logits.shape[1])
 
 
-def _check_targets(y: Tensor, num_classes: int) -> None:
+def _check_targets(y: Tensor, num_classes: int, n: int) -> None:
+    if y.ndim < 1 or y.shape[0] != n:
+        raise MixlabValueError(f"targets must have one row per logits row ({n}); got shape {tuple(y.shape)}")
     if y.is_floating_point():
         if y.shape != (y.shape[0], num_classes):
             raise MixlabValueError(f"soft labels must have shape (N, {num_classes}); got {tuple(y.shape)}")
@@ -86,11 +88,12 @@ def mixed_cross_entropy(logits: Tensor, mb: MixedBatch, smoothing: float = 0.0, 
     """
     smoothing = check_probability("smoothing", smoothing)
     k = _check_logits(logits, mb.batch_size)
+    _check_targets(mb.target_a, k, mb.batch_size)
+    _check_targets(mb.target_b, k, mb.batch_size)
     log_p = F.log_softmax(logits.float(), dim=-1)
     if mb.target_a.is_floating_point():
         per_sample = -(mb.soft_targets(k, smoothing) * log_p).sum(dim=-1)
         return _reduce(per_sample, reduction)
-    _check_targets(mb.target_a, k)
     lam = mb.lam.to(log_p.device, torch.float32)
     nll_a = -log_p.gather(1, mb.target_a.long().unsqueeze(1)).squeeze(1)
     nll_b = -log_p.gather(1, mb.target_b.long().unsqueeze(1)).squeeze(1)

@@ -65,9 +65,39 @@ def as_cpu_generator(generator: torch.Generator | None, fallback: torch.Generato
     return new_generator(seed)
 
 
-def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return np.random.default_rng(seed)
+RandomSource = np.random.Generator | torch.Generator
+
+
+def numpy_rng(source: RandomSource) -> np.random.Generator:
+    """A NumPy generator for the small parameter draws of one batch.
+
+    Given a ``torch.Generator`` it is seeded from one draw of it, so the torch
+    generator's state still decides every parameter; given a NumPy generator
+    it is returned as it is. NumPy's per-call cost on tiny arrays is a fraction
+    of torch's, which matters for small batches.
+
+    Example:
+        >>> a = numpy_rng(torch.Generator().manual_seed(0)).random()
+        >>> b = numpy_rng(torch.Generator().manual_seed(0)).random()
+        >>> a == b
+        True
+    """
+    if isinstance(source, np.random.Generator):
+        return source
+    if not isinstance(source, torch.Generator):
+        raise MixlabTypeError(f"expected a torch.Generator or numpy Generator; got {type(source).__name__}")
+    seed = int(torch.randint(0, 2**62, (1,), generator=as_cpu_generator(source, source)))
+    return np.random.Generator(np.random.Philox(key=seed))
+
+
+def torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
+    """A torch generator on ``device`` seeded from ``rng``, for large random fields drawn where they are used.
+
+    Example:
+        >>> torch_generator(np.random.default_rng(0), torch.device("cpu")).device.type
+        'cpu'
+    """
+    return torch.Generator(device=device).manual_seed(int(rng.integers(0, 2**62)))
 
 
 # ---------------------------------------------------------------- mixing ratios
@@ -75,9 +105,9 @@ def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
 
 @runtime_checkable
 class LambdaSampler(Protocol):
-    """Draws ``n`` mixing ratios in [0, 1] as a float64 CPU tensor."""
+    """Draws ``n`` mixing ratios in [0, 1] as a float64 NumPy array."""
 
-    def sample(self, n: int, generator: torch.Generator, alpha_scale: float = 1.0) -> torch.Tensor: ...
+    def sample(self, n: int, rng: RandomSource, alpha_scale: float = 1.0) -> np.ndarray: ...
 
 
 class BetaLambda:
@@ -85,16 +115,16 @@ class BetaLambda:
 
     Example:
         >>> BetaLambda(0.2).sample(3, new_generator(0)).shape
-        torch.Size([3])
+        (3,)
     """
 
     def __init__(self, alpha: float):
         self.alpha = check_positive("alpha", alpha)
 
-    def sample(self, n: int, generator: torch.Generator, alpha_scale: float = 1.0) -> torch.Tensor:
+    def sample(self, n: int, rng: RandomSource, alpha_scale: float = 1.0) -> np.ndarray:
         """Draw ``n`` ratios from Beta(a, a) with ``a = alpha * alpha_scale`` (scaled by ramps)."""
         a = self.alpha if alpha_scale == 1.0 else check_positive("alpha * alpha_scale", self.alpha * alpha_scale)
-        return torch.from_numpy(_numpy_rng(generator).beta(a, a, size=n))
+        return numpy_rng(rng).beta(a, a, size=n)
 
     def __repr__(self) -> str:
         return f"BetaLambda(alpha={self.alpha})"
@@ -115,10 +145,9 @@ class UniformLambda:
         if self.low > self.high:
             raise MixlabValueError(f"lam_range must have low <= high; got ({low}, {high})")
 
-    def sample(self, n: int, generator: torch.Generator, alpha_scale: float = 1.0) -> torch.Tensor:
+    def sample(self, n: int, rng: RandomSource, alpha_scale: float = 1.0) -> np.ndarray:
         """Draw ``n`` ratios uniformly in the range."""
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
-        return self.low + (self.high - self.low) * u
+        return self.low + (self.high - self.low) * numpy_rng(rng).random(n)
 
     def __repr__(self) -> str:
         return f"UniformLambda({self.low}, {self.high})"
@@ -128,16 +157,16 @@ class FixedLambda:
     """λ fixed to one value (``0.5`` gives Midpoint Mixup).
 
     Example:
-        >>> FixedLambda(0.5).sample(2, new_generator(0))
-        tensor([0.5000, 0.5000], dtype=torch.float64)
+        >>> FixedLambda(0.5).sample(2, new_generator(0)).tolist()
+        [0.5, 0.5]
     """
 
     def __init__(self, value: float):
         self.value = check_probability("lam", value)
 
-    def sample(self, n: int, generator: torch.Generator, alpha_scale: float = 1.0) -> torch.Tensor:
+    def sample(self, n: int, rng: RandomSource, alpha_scale: float = 1.0) -> np.ndarray:
         """Return ``n`` copies of the value."""
-        return torch.full((n,), self.value, dtype=torch.float64)
+        return np.full(n, self.value)
 
     def __repr__(self) -> str:
         return f"FixedLambda({self.value})"
@@ -174,8 +203,8 @@ class PairSampler(ABC):
     needs_targets = False
 
     @abstractmethod
-    def sample(self, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Return ``(N,)`` long partner indices on the CPU."""
+    def sample(self, y: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        """Return ``(N,)`` long partner indices on the CPU, drawn from ``rng`` (torch or NumPy generator)."""
 
 
 class RandomPairing(PairSampler):
@@ -188,9 +217,9 @@ class RandomPairing(PairSampler):
 
     name = "random"
 
-    def sample(self, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, y: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         """Return a random permutation of ``range(N)``."""
-        return torch.randperm(y.shape[0], generator=generator)
+        return torch.from_numpy(numpy_rng(rng).permutation(y.shape[0]))
 
 
 class CMixupPairing(PairSampler):
@@ -227,9 +256,9 @@ class CMixupPairing(PairSampler):
             logits.fill_diagonal_(float("-inf"))
         return torch.softmax(logits, dim=1)
 
-    def sample(self, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, y: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         """Draw one partner per sample from the kernel probabilities."""
-        return torch.multinomial(self.probabilities(y), 1, generator=generator).squeeze(1)
+        return _draw_rows(self.probabilities(y).numpy(), numpy_rng(rng))
 
 
 class ClassAwarePairing(PairSampler):
@@ -255,7 +284,7 @@ class ClassAwarePairing(PairSampler):
         self.mode = mode
         self.name = f"{mode}_class"
 
-    def sample(self, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, y: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         """Draw a partner uniformly among the allowed samples."""
         labels = y.detach().argmax(dim=1) if y.is_floating_point() and y.ndim == 2 else y.detach()
         labels = labels.to("cpu").reshape(y.shape[0], -1)
@@ -264,7 +293,16 @@ class ClassAwarePairing(PairSampler):
         allowed.fill_diagonal_(False)
         none_allowed = ~allowed.any(dim=1)
         allowed[none_allowed, none_allowed.nonzero().squeeze(1)] = True
-        return torch.multinomial(allowed.to(torch.float32), 1, generator=generator).squeeze(1)
+        weights = allowed.to(torch.float64).numpy()
+        return _draw_rows(weights / weights.sum(axis=1, keepdims=True), numpy_rng(rng))
+
+
+def _draw_rows(probabilities: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """One index per row of a row-stochastic matrix, by inverting each row's CDF."""
+    cdf = np.cumsum(probabilities, axis=1)
+    u = rng.random((probabilities.shape[0], 1)) * cdf[:, -1:]
+    index = (cdf <= u).sum(axis=1).clip(max=probabilities.shape[1] - 1)
+    return torch.from_numpy(index.astype(np.int64))
 
 
 PAIRINGS = ("random", "c_mixup", "same_class", "different_class")

@@ -15,11 +15,19 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from mixlab.batch import MixedBatch, validate_batch
 from mixlab.errors import check_choice, check_probability
-from mixlab.sampling import PairSampler, as_cpu_generator, make_lambda_sampler, make_pair_sampler, new_generator
+from mixlab.sampling import (
+    PairSampler,
+    as_cpu_generator,
+    make_lambda_sampler,
+    make_pair_sampler,
+    new_generator,
+    numpy_rng,
+)
 
 LAM_MODES = ("batch", "sample")
 
@@ -129,15 +137,15 @@ class Mixer(ABC):
     ) -> MixParams:
         """Draw every random parameter for this batch (no change to ``x``)."""
         self.check(x, y)
-        g = as_cpu_generator(generator, self.generator)
+        rng = numpy_rng(as_cpu_generator(generator, self.generator))
         n = x.shape[0]
-        if self.lam_mode == "batch" and self.p < 1.0 and float(torch.rand(1, generator=g)) >= self.p:
-            return MixParams(torch.arange(n, device=x.device), torch.ones(n, device=x.device), mixed=False)
-        perm = self.pairing.sample(y, g).to(x.device, non_blocking=True)
-        lam = self.lam_sampler.sample(1 if self.lam_mode == "batch" else n, g, alpha_scale=alpha_scale)
+        if self.lam_mode == "batch" and self.p < 1.0 and rng.random() >= self.p:
+            return unmixed_params(x)
+        perm = self.pairing.sample(y, rng).to(x.device, non_blocking=True)
+        lam = self.lam_sampler.sample(1 if self.lam_mode == "batch" else n, rng, alpha_scale=alpha_scale)
         if self.lam_mode == "sample" and self.p < 1.0:
-            lam = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < self.p, lam, torch.ones_like(lam))
-        return self._sample_params(x, y, perm, lam, g, context or {})
+            lam = np.where(rng.random(n) < self.p, lam, 1.0)
+        return self._sample_params(x, y, perm, lam, rng, context or {})
 
     def apply(
         self, x: torch.Tensor, y: torch.Tensor, params: MixParams, *, context: dict[str, Any] | None = None
@@ -162,11 +170,11 @@ class Mixer(ABC):
         x: torch.Tensor,
         y: torch.Tensor,
         perm: torch.Tensor,
-        lam: torch.Tensor,
-        g: torch.Generator,
+        lam: np.ndarray,
+        rng: np.random.Generator,
         context: dict[str, Any],
     ) -> MixParams:
-        """Method-specific draws given partners ``perm`` and ratios ``lam`` (``(1,)`` or ``(N,)`` float64 CPU).
+        """Method-specific draws given partners ``perm`` and ratios ``lam`` (``(1,)`` or ``(N,)`` float64).
 
         Returns params with ``perm`` and, as ``lam``, the exact ``(N,)`` label weight.
         """
@@ -198,6 +206,27 @@ def blend(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor, *, inplace:
     return out
 
 
+def unmixed_params(x: torch.Tensor) -> MixParams:
+    """Params that leave the batch as it is (the ``p`` draw said no).
+
+    Example:
+        >>> unmixed_params(torch.zeros(2, 3)).mixed
+        False
+    """
+    n = x.shape[0]
+    return MixParams(torch.arange(n, device=x.device), torch.ones(n, device=x.device), mixed=False)
+
+
+def ratios_to_device(lam: np.ndarray, n: int, device: torch.device) -> torch.Tensor:
+    """``(1,)`` or ``(N,)`` float64 ratios as an ``(N,)`` float32 tensor on ``device``.
+
+    Example:
+        >>> ratios_to_device(np.array([0.25]), 3, torch.device("cpu"))
+        tensor([0.2500, 0.2500, 0.2500])
+    """
+    return per_sample(torch.from_numpy(np.asarray(lam, dtype=np.float32)), n).to(device)
+
+
 def per_sample(values: torch.Tensor, n: int) -> torch.Tensor:
     """Expand a ``(1,)`` or ``(N,)`` tensor to ``(N,)``.
 
@@ -208,14 +237,16 @@ def per_sample(values: torch.Tensor, n: int) -> torch.Tensor:
     return values.expand(n) if values.shape[0] == 1 else values
 
 
-def broadcast_weight(lam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def broadcast_weight(lam: torch.Tensor | np.ndarray, x: torch.Tensor) -> torch.Tensor:
     """Shape ``(M,)`` ratios as ``(M, 1, ..., 1)`` in ``x``'s dtype and device.
 
     Example:
         >>> broadcast_weight(torch.tensor([0.5, 1.0]), torch.zeros(2, 3, 4)).shape
         torch.Size([2, 1, 1])
     """
-    return lam.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    if isinstance(lam, np.ndarray):
+        lam = torch.from_numpy(lam)
+    return lam.to(x.dtype).view(-1, *([1] * (x.ndim - 1))).to(x.device)
 
 
 def label_weight(weight: torch.Tensor, n: int) -> torch.Tensor:

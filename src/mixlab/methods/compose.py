@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Generator, Tensor
 
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_non_negative
-from mixlab.methods.base import LAM_MODES, Mixer, MixParams
-from mixlab.sampling import as_cpu_generator
+from mixlab.methods.base import LAM_MODES, Mixer, MixParams, unmixed_params
+from mixlab.sampling import as_cpu_generator, numpy_rng
 
 MixerSpec = Mixer | str | Mapping[str, Any]
 
@@ -75,33 +76,33 @@ class RandomChoice(Mixer):
     ) -> MixParams:
         """Draw the choice(s), then each chosen mixer's parameters."""
         self.check(x, y)
-        g = as_cpu_generator(generator, self.generator)
-        n = x.shape[0]
+        rng = numpy_rng(as_cpu_generator(generator, self.generator))
         if self.mode == "batch":
-            if self.p < 1.0 and float(torch.rand(1, generator=g)) >= self.p:
-                return MixParams(torch.arange(n, device=x.device), torch.ones(n, device=x.device), mixed=False)
-            k = int(torch.multinomial(self.weights, 1, generator=g))
-            params = self.mixers[k].sample(x, y, g, alpha_scale=alpha_scale, context=context)
+            if self.p < 1.0 and rng.random() >= self.p:
+                return unmixed_params(x)
+            k = int(rng.choice(len(self.mixers), p=self.weights))
+            params = self.mixers[k].sample(x, y, _child_generator(rng), alpha_scale=alpha_scale, context=context)
             params.extra = {**params.extra, "choice": k}
             return params
-        return self._sample_per_sample(x, y, g, alpha_scale, context or {})
+        return self._sample_per_sample(x, y, rng, alpha_scale, context or {})
 
-    def _sample_per_sample(self, x: Tensor, y: Tensor, g: Generator, alpha_scale: float, context: dict) -> MixParams:
+    def _sample_per_sample(
+        self, x: Tensor, y: Tensor, rng: np.random.Generator, alpha_scale: float, context: dict
+    ) -> MixParams:
         n = x.shape[0]
-        choice = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        choice = rng.choice(len(self.mixers), size=n, p=self.weights)
         if self.p < 1.0:  # -1 marks samples left unmixed
-            choice = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < self.p, choice, -1)
-        perm = self.mixers[0].pairing.sample(y, g).to(x.device)
+            choice = np.where(rng.random(n) < self.p, choice, -1)
+        perm = self.mixers[0].pairing.sample(y, rng).to(x.device)
         parts = []
         for k, mixer in enumerate(self.mixers):
-            lam = mixer.lam_sampler.sample(n, g, alpha_scale=alpha_scale)
-            lam = torch.where(choice == k, lam, torch.ones_like(lam))
-            parts.append(mixer._sample_params(x, y, perm, lam, g, context))
+            lam = mixer.lam_sampler.sample(n, rng, alpha_scale=alpha_scale)
+            parts.append(mixer._sample_params(x, y, perm, np.where(choice == k, lam, 1.0), rng, context))
+        choice_t = torch.from_numpy(choice).to(x.device)
         lam = torch.ones(n, dtype=torch.float32, device=x.device)
-        choice_d = choice.to(x.device)
         for k, part in enumerate(parts):
-            lam = torch.where(choice_d == k, part.lam, lam)
-        return MixParams(perm=perm, lam=lam, extra={"choice": choice, "parts": parts})
+            lam = torch.where(choice_t == k, part.lam, lam)
+        return MixParams(perm=perm, lam=lam, extra={"choice": choice_t, "parts": parts})
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
         """Apply the chosen mixer(s)."""
@@ -122,8 +123,15 @@ class RandomChoice(Mixer):
             out = x.copy_(out)
         return MixedBatch(out, y, y.index_select(0, params.perm), params.lam, params.perm)
 
-    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
         raise MixlabTypeError("RandomChoice draws through its mixers; it cannot be nested inside another RandomChoice")
+
+
+def _child_generator(rng: np.random.Generator) -> torch.Generator:
+    """A CPU torch generator seeded from ``rng``, to hand a draw on to a chosen mixer."""
+    return torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
 
 
 def _build(spec: MixerSpec) -> Mixer:
@@ -139,13 +147,12 @@ def _build(spec: MixerSpec) -> Mixer:
     raise MixlabTypeError(f"each mixer must be a Mixer, a name or a dict with 'name'; got {spec!r}")
 
 
-def _check_weights(weights: Sequence[float] | None, count: int) -> Tensor:
+def _check_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
     if weights is None:
-        return torch.full((count,), 1.0 / count, dtype=torch.float64)
+        return np.full(count, 1.0 / count)
     if isinstance(weights, str) or not isinstance(weights, Sequence) or len(weights) != count:
         raise MixlabValueError(f"weights must be a list of {count} numbers, one per mixer; got {weights!r}")
     values = [check_non_negative("each weight", w) for w in weights]
     if sum(values) <= 0:
         raise MixlabValueError(f"weights must have a positive sum; got {list(weights)!r}")
-    t = torch.tensor(values, dtype=torch.float64)
-    return t / t.sum()
+    return np.asarray(values) / sum(values)

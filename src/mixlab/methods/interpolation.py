@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from mixlab.methods.base import Mixer, MixParams, broadcast_weight, per_sample
@@ -33,7 +34,7 @@ class Mixup(Mixer):
         y: torch.Tensor,
         perm: torch.Tensor,
         lam: torch.Tensor,
-        g: torch.Generator,
+        rng: np.random.Generator,
         context: dict[str, Any],
     ) -> MixParams:
         weight = broadcast_weight(lam, x)

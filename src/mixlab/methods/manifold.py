@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch import Generator, Tensor, nn
+from torch import Tensor, nn
 
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
@@ -62,11 +63,13 @@ class ManifoldMixup(Mixer):
             if name != INPUT:
                 _find_module(model, name)
 
-    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
         model = context.get("model", self.model)
         if model is not None:
             self.check_model(model)
-        layer = self.layers[int(torch.randint(len(self.layers), (1,), generator=g))]
+        layer = self.layers[int(rng.integers(len(self.layers)))]
         weight = broadcast_weight(lam, x)
         exact = per_sample(weight.flatten().to(torch.float32), x.shape[0])
         return MixParams(perm=perm, lam=exact, weight=weight, extra={"layer": layer})

@@ -9,19 +9,28 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Generator, Tensor
+from torch import Tensor
 
 from mixlab import masks
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_probability
-from mixlab.methods.base import Mixer, MixParams, label_weight, per_sample
+from mixlab.methods.base import Mixer, MixParams, label_weight, ratios_to_device, unmixed_params
 
 
 def _weight_params(weight: torch.Tensor, x: torch.Tensor, perm: torch.Tensor) -> MixParams:
     """Params for a mask blend: the weight in ``x``'s dtype and its exact mean as ``lam``."""
     weight = weight.to(x.dtype)
-    return MixParams(perm=perm, lam=label_weight(weight, x.shape[0]).to(x.device), weight=weight)
+    return MixParams(perm=perm, lam=label_weight(weight, x.shape[0]), weight=weight)
+
+
+def _box_params(x: torch.Tensor, perm: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> MixParams:
+    """Params for boxes taken from the partner: binary weight and the exact kept share."""
+    shape = x.shape[2:]
+    weight = masks.box_weight(shape, lo, hi, x.device).to(x.dtype)
+    lam = ratios_to_device(masks.box_keep_fraction(shape, lo, hi), x.shape[0], x.device)
+    return MixParams(perm=perm, lam=lam, weight=weight, extra={"lo": lo, "hi": hi})
 
 
 def _paste_region(x: torch.Tensor, region: tuple[slice, ...], patch: torch.Tensor, inplace: bool) -> torch.Tensor:
@@ -51,17 +60,12 @@ class CutMix(Mixer):
     spatial = True
     default_alpha = 0.2
 
-    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
         shape = x.shape[2:]
-        lo, hi = masks.box_bounds(shape, lam, g)
-        return self._box_params(x, perm, lo, hi)
-
-    def _box_params(self, x: torch.Tensor, perm: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> MixParams:
-        shape = x.shape[2:]
-        keep = masks.box_keep_fraction(shape, lo, hi)
-        weight = masks.box_weight(shape, lo, hi, x.device).to(x.dtype)
-        lam = per_sample(keep, x.shape[0]).to(x.device, torch.float32)
-        return MixParams(perm=perm, lam=lam, weight=weight, extra={"lo": lo, "hi": hi})
+        lo, hi = masks.box_bounds(shape, lam, rng)
+        return _box_params(x, perm, lo, hi)
 
     def _mix(self, x: torch.Tensor, params: MixParams, context: dict[str, Any]) -> torch.Tensor:
         lo, hi = params.extra["lo"], params.extra["hi"]
@@ -97,25 +101,24 @@ class ResizeMix(Mixer):
             raise MixlabValueError(f"scale must satisfy 0 < low <= high <= 1; got {tuple(scale)}")
         self.scale = (low, high)
 
-    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
         shape = x.shape[2:]
         low, high = self.scale
-        tau = low + (high - low) * torch.rand(lam.shape[0], generator=g, dtype=torch.float64)
-        lo, hi = masks.patch_bounds(shape, tau, g)
+        tau = low + (high - low) * rng.random(len(lam))
+        lo, hi = masks.patch_bounds(shape, tau, rng)
         active = lam < 1.0
-        hi = torch.where(active.unsqueeze(1), hi, lo)  # an empty patch leaves the sample unmixed
-        if lo.shape[0] == 1 and not bool(active[0]):
-            return MixParams(perm=perm, lam=torch.ones(x.shape[0], device=x.device), mixed=False)
-        keep = masks.box_keep_fraction(shape, lo, hi)
-        weight = masks.box_weight(shape, lo, hi, x.device).to(x.dtype)
-        lam_out = per_sample(keep, x.shape[0]).to(x.device, torch.float32)
-        return MixParams(perm=perm, lam=lam_out, weight=weight, extra={"lo": lo, "hi": hi})
+        if len(lo) == 1 and not active[0]:
+            return unmixed_params(x)
+        hi = np.where(active[:, None], hi, lo)  # an empty patch leaves the sample unmixed
+        return _box_params(x, perm, lo, hi)
 
     def _mix(self, x: torch.Tensor, params: MixParams, context: dict[str, Any]) -> torch.Tensor:
         lo, hi = params.extra["lo"], params.extra["hi"]
         if lo.shape[0] == 1:
             region = masks.box_slices(lo, hi)
-            patch = _resize(x, tuple((hi - lo)[0].tolist())).index_select(0, params.perm)
+            patch = _resize(x, tuple(int(v) for v in (hi - lo)[0])).index_select(0, params.perm)
             return _paste_region(x, region, patch, self.inplace)
         resized = masks.resized_into_boxes(x.index_select(0, params.perm), lo, hi)
         out = resized.lerp_(x, params.weight)
@@ -156,8 +159,10 @@ class FMix(Mixer):
             raise MixlabValueError(f"decay_power must be a number > 0; got {decay_power!r}")
         self.decay_power = float(decay_power)
 
-    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
-        weight = masks.fourier_weight(x.shape[2:], lam, g, x.device, self.decay_power)
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
+        weight = masks.fourier_weight(x.shape[2:], lam, rng, x.device, self.decay_power)
         return _weight_params(weight, x, perm)
 
 
@@ -191,11 +196,13 @@ class GridMix(Mixer):
             raise MixlabValueError(f"n_holes must satisfy 1 <= low <= high; got {tuple(n_holes)}")
         self.n_holes = (int(n_holes[0]), int(n_holes[1]))
 
-    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
         low, high = self.n_holes
-        cells = torch.randint(low, high + 1, (lam.shape[0],), generator=g)
-        cells = cells.minimum(torch.tensor(min(x.shape[2:])))  # never more cells than positions
-        weight = masks.grid_weight(x.shape[2:], lam, cells, g, x.device)
+        cells = rng.integers(low, high + 1, size=len(lam))
+        cells = np.minimum(cells, min(x.shape[2:]))  # never more cells than positions
+        weight = masks.grid_weight(x.shape[2:], lam, cells, rng, x.device)
         return _weight_params(weight, x, perm)
 
 
@@ -217,5 +224,7 @@ class SmoothMix(Mixer):
     spatial = True
     default_alpha = 0.2
 
-    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
-        return _weight_params(masks.smooth_weight(x.shape[2:], lam, g, x.device), x, perm)
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
+        return _weight_params(masks.smooth_weight(x.shape[2:], lam, rng, x.device), x, perm)

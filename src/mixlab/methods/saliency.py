@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Generator, Tensor
+from torch import Tensor
 
 from mixlab import masks
 from mixlab.methods.base import MixParams
-from mixlab.methods.masking import CutMix
+from mixlab.methods.masking import CutMix, _box_params
 
 #: Saliency is computed at most this many positions per spatial dim (Hou and Zhang use 64).
 SALIENCY_SIZE = 64
@@ -99,7 +100,9 @@ class SaliencyMix(CutMix):
 
     name = "saliencymix"
 
-    def _sample_params(self, x: Tensor, y: Tensor, perm: Tensor, lam: Tensor, g: Generator, context: dict) -> MixParams:
-        centres = saliency_peaks(x)[perm.cpu()]
-        lo, hi = masks.box_bounds(x.shape[2:], lam, g, centres=centres)
-        return self._box_params(x, perm, lo, hi)
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
+        centres = saliency_peaks(x)[perm.cpu()].numpy()
+        lo, hi = masks.box_bounds(x.shape[2:], np.broadcast_to(lam, len(centres)), rng, centres=centres)
+        return _box_params(x, perm, lo, hi)
