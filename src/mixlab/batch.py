@@ -101,7 +101,7 @@ class MixedBatch:
         if not ya.is_floating_point():
             if num_classes is None:
                 raise MixlabValueError("num_classes is needed to turn class-index targets into soft targets; got None")
-            _check_num_classes(num_classes)
+            check_num_classes(num_classes)
             _check_class_indices(ya, num_classes)
             return _mixed_one_hot(ya, yb, self.lam, num_classes, smoothing)
         if ya.ndim != 2:
@@ -207,7 +207,7 @@ def validate_batch(
     if y.dtype == torch.bool:
         raise MixlabTypeError(f"{method}: y must be class indices (integer) or float targets; got dtype torch.bool")
     if num_classes is not None:
-        _check_num_classes(num_classes)
+        check_num_classes(num_classes)
     if y.is_floating_point():
         if num_classes is not None and y.ndim == 2 and y.shape[1] != num_classes:
             raise MixlabValueError(
@@ -222,7 +222,12 @@ def validate_batch(
         _check_class_indices(y, num_classes)
 
 
-def _check_num_classes(num_classes: object) -> None:
+def check_num_classes(num_classes: object) -> None:
+    """Raise unless ``num_classes`` is a positive int.
+
+    Example:
+        >>> check_num_classes(10)
+    """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise MixlabValueError(f"num_classes must be a positive int; got {num_classes!r}")
 

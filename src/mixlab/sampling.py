@@ -315,12 +315,14 @@ def make_pair_sampler(pairing: str | PairSampler = "random", **kwargs: float) ->
         >>> make_pair_sampler("c_mixup", sigma=0.5).sigma
         0.5
     """
+    if pairing == "c_mixup":
+        return CMixupPairing(**kwargs)
+    if kwargs:
+        raise MixlabValueError(f"{', '.join(sorted(kwargs))} only applies to pairing='c_mixup'; got pairing={pairing!r}")
     if isinstance(pairing, PairSampler):
         return pairing
     if pairing == "random":
         return RandomPairing()
-    if pairing == "c_mixup":
-        return CMixupPairing(**kwargs)
     if pairing in ("same_class", "different_class"):
         return ClassAwarePairing(pairing.split("_")[0])
     raise UnknownNameError("pairing", pairing, PAIRINGS)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mixlab.batch import MixedBatch, validate_batch
+from mixlab.batch import MixedBatch, check_num_classes, validate_batch
 from mixlab.errors import check_choice, check_probability
 from mixlab.sampling import (
     PairSampler,
@@ -99,6 +99,8 @@ class Mixer(ABC):
         self.lam_mode = check_choice("lam_mode", lam_mode, LAM_MODES)
         self.p = check_probability("p", p)
         self.pairing = make_pair_sampler(pairing, **({} if sigma is None else {"sigma": sigma}))
+        if num_classes is not None:
+            check_num_classes(num_classes)
         self.num_classes = num_classes
         self.inplace = bool(inplace)
         self.validate = bool(validate)
