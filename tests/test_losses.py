@@ -127,7 +127,9 @@ def test_soft_labels_that_are_not_one_hot_are_scored_by_their_distribution():
     expected = []
     for i, row in enumerate(LOGITS):
         lp = _log_softmax(row)
-        target = [lam[i].item() * a + (1 - lam[i].item()) * b for a, b in zip(t_a[i].tolist(), t_b[i].tolist(), strict=True)]
+        target = [
+            lam[i].item() * a + (1 - lam[i].item()) * b for a, b in zip(t_a[i].tolist(), t_b[i].tolist(), strict=True)
+        ]
         expected.append(-sum(t * v for t, v in zip(target, lp, strict=True)))
     torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-6, atol=1e-6)
 
@@ -203,6 +205,15 @@ def test_mixed_bce_target_threshold_binarises():
     # threshold 0.2: both classes of sample 0 (0.55 / 0.45) and of sample 2 (0.3 / 0.7) are on.
     low = _hand_targets(lam=lam) > 0.2
     assert low.sum(dim=1).tolist() == [2, 1, 2]
+
+
+def test_mixed_bce_threshold_is_strict():
+    # a target equal to the threshold is off (target > threshold, as in timm / DeiT III)
+    logits = _logits()
+    mb = _batch(lam=[0.25, 0.0, 0.75])
+    binary = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    expected = F.binary_cross_entropy_with_logits(logits, binary, reduction="none").mean(dim=1)
+    torch.testing.assert_close(mixed_bce(logits, mb, target_threshold=0.25, reduction="none"), expected)
 
 
 # ---------------------------------------------------------------- decoupled mixup
@@ -290,7 +301,8 @@ def test_regmixup_is_clean_ce_plus_eta_mixed_ce(eta):
     torch.testing.assert_close(regmixup_loss(logits_clean, logits_mixed, y, mb, eta=eta), expected.mean())
     torch.testing.assert_close(
         regmixup_loss(logits_clean, logits_mixed, y, mb, eta=eta, smoothing=0.1),
-        F.cross_entropy(logits_clean, y, label_smoothing=0.1) + eta * mixed_cross_entropy(logits_mixed, mb, smoothing=0.1),
+        F.cross_entropy(logits_clean, y, label_smoothing=0.1)
+        + eta * mixed_cross_entropy(logits_mixed, mb, smoothing=0.1),
     )
 
 
@@ -314,7 +326,15 @@ def test_mrl_matches_hand_computation(score, margin):
     mb = _batch(ya=RANK_Y, yb=[1, 1, 0], lam=[0.6, 0.5, 0.7])  # sample 1 pairs with its own class
     eta = 0.7
     got = rankmixup_loss(
-        torch.tensor(CLEAN), torch.tensor(MIXED), y, mb, mode="mrl", eta=eta, margin=margin, score=score, reduction="none"
+        torch.tensor(CLEAN),
+        torch.tensor(MIXED),
+        y,
+        mb,
+        mode="mrl",
+        eta=eta,
+        margin=margin,
+        score=score,
+        reduction="none",
     )
     top = max if score == "logit" else (lambda r: max(_softmax(r)))
     expected = []
@@ -414,7 +434,12 @@ def test_ndcg_inverts_the_ratio_when_dcg_exceeds_the_ideal():
     lams = [[0.6], [0.7]]
     batches = [_batch(ya=[0], yb=[1], lam=lam) for lam in lams]
     got = rankmixup_loss(
-        torch.tensor(clean), [torch.tensor(m) for m in mixed], torch.tensor([0]), batches, mode="ndcg", eta=1.0,
+        torch.tensor(clean),
+        [torch.tensor(m) for m in mixed],
+        torch.tensor([0]),
+        batches,
+        mode="ndcg",
+        eta=1.0,
         reduction="none",
     )
     ranking = got - cross_entropy(torch.tensor(clean), torch.tensor([0]), reduction="none")
@@ -435,7 +460,9 @@ def test_ndcg_is_zero_when_scores_equal_relevances():
     # and a mismatch gives a positive ranking term
     worse = [m.flip(1) for m in mixed]  # now the mixed confidence is on the wrong class but max still r
     off = [torch.tensor([[0.0, 0.0], [0.0, 0.0]]), mixed[1]]
-    assert torch.allclose(rankmixup_loss(clean, worse, y, batches, mode="ndcg", eta=3.0), cross_entropy(clean, y), atol=1e-5)
+    assert torch.allclose(
+        rankmixup_loss(clean, worse, y, batches, mode="ndcg", eta=3.0), cross_entropy(clean, y), atol=1e-5
+    )
     assert rankmixup_loss(clean, off, y, batches, mode="ndcg", eta=3.0) > cross_entropy(clean, y) + 1e-3
 
 
@@ -460,6 +487,8 @@ BAD_INPUTS = {
     "logits_int": (lambda: mixed_cross_entropy(torch.zeros(3, 4, dtype=torch.long), _batch()), "(3, 4)"),
     "class_too_big": (lambda: mixed_cross_entropy(_logits(), _batch(ya=[0, 4, 1])), "4"),
     "class_negative": (lambda: mixed_cross_entropy(_logits(), _batch(ya=[0, -2, 1])), "-2"),
+    "class_b_too_big": (lambda: mixed_cross_entropy(_logits(), _batch(yb=[1, 5, 0])), "5"),
+    "class_b_negative": (lambda: mixed_cross_entropy(_logits(), _batch(yb=[1, -3, 0])), "-3"),
     "soft_width": (
         lambda: mixed_cross_entropy(torch.zeros(3, 5), _batch(soft=True)),
         "5",
@@ -476,6 +505,7 @@ BAD_INPUTS = {
     "dm_lam_power": (lambda: decoupled_mixup_loss(_logits(), _batch(), lam_power=-2.0), "-2.0"),
     "dm_rows": (lambda: decoupled_mixup_loss(torch.zeros(4, 4), _batch()), "4"),
     "dm_class": (lambda: decoupled_mixup_loss(_logits(), _batch(ya=[0, 9, 1])), "9"),
+    "dm_class_b": (lambda: decoupled_mixup_loss(_logits(), _batch(yb=[0, 6, 1])), "6"),
     "dm_reduction": (lambda: decoupled_mixup_loss(_logits(), _batch(), reduction="avg"), "avg"),
     "reg_eta": (
         lambda: regmixup_loss(_logits(), _logits(), torch.tensor(Y_A), _batch(), eta=-0.5),
@@ -541,11 +571,10 @@ def test_value_errors_are_value_errors(call):
     assert isinstance(info.value, ValueError)
 
 
-# SOURCE BUG (src/mixlab/losses.py, cross_entropy): the clean batch is built as
-# MixedBatch.unmixed(logits, y), so the row check compares logits with themselves and never
-# with y. A target shorter than the logits is broadcast instead of rejected:
-# cross_entropy(zeros(3, 4), tensor([2])) returns a number. regmixup_loss and rankmixup_loss
-# inherit it (their clean targets y are never checked against logits_clean).
+# Regression: cross_entropy builds its batch as MixedBatch.unmixed(logits, y), so the row check
+# once compared the logits with themselves and a target shorter than the logits was broadcast:
+# cross_entropy(zeros(3, 4), tensor([2])) returned a number. regmixup_loss and rankmixup_loss
+# inherited it through their clean term.
 @pytest.mark.parametrize(
     "call",
     [
@@ -556,5 +585,22 @@ def test_value_errors_are_value_errors(call):
     ids=["cross_entropy", "regmixup", "rankmixup"],
 )
 def test_clean_targets_of_the_wrong_length_are_rejected(call):
-    with pytest.raises(MixlabValueError):
+    with pytest.raises(MixlabValueError) as info:
         call()
+    assert "(1,)" in str(info.value), str(info.value)
+
+
+# Both targets are range-checked: a bad target_b must not reach scatter_add_ as a bare RuntimeError.
+@pytest.mark.parametrize("yb", [[0, 0, -4], [0, 0, 4]], ids=["negative", "too_big"])
+@pytest.mark.parametrize(
+    "call",
+    [lambda mb: mixed_bce(_logits(), mb), lambda mb: mb.soft_targets(K)],
+    ids=["mixed_bce", "soft_targets"],
+)
+def test_bad_target_b_raises_mixlab_error(call, yb):
+    mb = _batch(yb=yb)
+    with pytest.raises(MixlabValueError):
+        mixed_cross_entropy(_logits(), mb)  # the CE path already checks target_b
+    with pytest.raises(MixlabValueError) as info:
+        call(mb)
+    assert str(yb[2]) in str(info.value)

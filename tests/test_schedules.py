@@ -115,7 +115,7 @@ def test_and_builds_all():
 
 def test_and_with_a_non_schedule_is_a_type_error():
     with pytest.raises(TypeError):
-        Always() & 3  # noqa: B018
+        _ = Always() & 3
 
 
 def test_all_needs_schedules():

@@ -103,6 +103,7 @@ class MixedBatch:
                 raise MixlabValueError("num_classes is needed to turn class-index targets into soft targets; got None")
             check_num_classes(num_classes)
             _check_class_indices(ya, num_classes)
+            _check_class_indices(yb, num_classes)
             return _mixed_one_hot(ya, yb, self.lam, num_classes, smoothing)
         if ya.ndim != 2:
             raise MixlabValueError(
