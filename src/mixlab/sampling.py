@@ -318,7 +318,9 @@ def make_pair_sampler(pairing: str | PairSampler = "random", **kwargs: float) ->
     if pairing == "c_mixup":
         return CMixupPairing(**kwargs)
     if kwargs:
-        raise MixlabValueError(f"{', '.join(sorted(kwargs))} only applies to pairing='c_mixup'; got pairing={pairing!r}")
+        raise MixlabValueError(
+            f"{', '.join(sorted(kwargs))} only applies to pairing='c_mixup'; got pairing={pairing!r}"
+        )
     if isinstance(pairing, PairSampler):
         return pairing
     if pairing == "random":
