@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -62,13 +63,13 @@ def box_bounds(
         True
     """
     sizes = np.asarray(shape, dtype=np.int64)
-    ratio = np.clip(1.0 - np.asarray(lam, dtype=np.float64), 0.0, 1.0) ** (1.0 / len(shape))
+    ratio = np.minimum(np.maximum(1.0 - np.asarray(lam, dtype=np.float64), 0.0), 1.0) ** (1.0 / len(shape))
     sides = np.rint(ratio[:, None] * sizes).astype(np.int64)
     if centres is None:
         centres = (rng.random((len(lam), len(shape))) * sizes).astype(np.int64)
     lo = centres - sides // 2
     hi = lo + sides
-    return np.clip(lo, 0, sizes), np.clip(hi, 0, sizes)
+    return np.minimum(np.maximum(lo, 0), sizes), np.minimum(np.maximum(hi, 0), sizes)
 
 
 def box_keep_fraction(shape: Shape, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ def box_keep_fraction(shape: Shape, lo: np.ndarray, hi: np.ndarray) -> np.ndarra
         >>> box_keep_fraction((4, 4), np.array([[0, 0]]), np.array([[2, 2]]))
         array([0.75])
     """
-    inside = np.clip(hi - lo, 0, None).prod(axis=1)
+    inside = np.maximum(hi - lo, 0).prod(axis=1)
     return 1.0 - inside / math.prod(shape)
 
 
@@ -130,21 +131,21 @@ def fourier_weight(
         0.25
     """
     m = lam.shape[0]
-    freqs = _frequency_grid(shape, device)
-    scale = freqs.clamp(min=1.0 / max(shape)).pow(-decay_power)
-    spectrum = torch.randn((m, *freqs.shape, 2), generator=torch_generator(rng, device), device=device)
+    scale = _spectrum_scale(tuple(shape), float(decay_power), device)
+    spectrum = torch.randn((m, *scale.shape, 2), generator=torch_generator(rng, device), device=device)
     spectrum = torch.view_as_complex(spectrum) * scale
     field = torch.fft.irfftn(spectrum, s=tuple(shape), dim=tuple(range(1, len(shape) + 1))).reshape(m, -1)
     keep = np.rint(np.asarray(lam) * field.shape[1]).astype(np.int64)
     return _top_k_rows(field, keep).view(m, 1, *shape)
 
 
-def _frequency_grid(shape: Shape, device: torch.device) -> torch.Tensor:
-    """Magnitude of the spatial frequency at each coefficient of an ``rfftn`` of ``shape``."""
+@functools.lru_cache(maxsize=32)
+def _spectrum_scale(shape: tuple[int, ...], decay_power: float, device: torch.device) -> torch.Tensor:
+    """``1 / f ** decay_power`` at each coefficient of an ``rfftn`` of ``shape`` (f floored at 1 / max size)."""
     axes = [torch.fft.fftfreq(s, device=device) for s in shape[:-1]]
     axes.append(torch.fft.rfftfreq(shape[-1], device=device))
-    grids = torch.meshgrid(*axes, indexing="ij")
-    return torch.sqrt(sum(g.square() for g in grids))
+    freqs = torch.sqrt(sum(g.square() for g in torch.meshgrid(*axes, indexing="ij")))
+    return freqs.clamp(min=1.0 / max(shape)).pow(-decay_power)
 
 
 def _top_k_rows(values: torch.Tensor, k: np.ndarray) -> torch.Tensor:

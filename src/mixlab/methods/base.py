@@ -139,7 +139,12 @@ class Mixer(ABC):
     ) -> MixParams:
         """Draw every random parameter for this batch (no change to ``x``)."""
         self.check(x, y)
-        rng = numpy_rng(as_cpu_generator(generator, self.generator))
+        return self._draw(x, y, numpy_rng(as_cpu_generator(generator, self.generator)), alpha_scale, context)
+
+    def _draw(
+        self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, alpha_scale: float, context: dict | None
+    ) -> MixParams:
+        """All the draws of :meth:`sample`, from a NumPy generator (inputs already checked)."""
         n = x.shape[0]
         if self.lam_mode == "batch" and self.p < 1.0 and rng.random() >= self.p:
             return unmixed_params(x)

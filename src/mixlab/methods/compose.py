@@ -81,7 +81,7 @@ class RandomChoice(Mixer):
             if self.p < 1.0 and rng.random() >= self.p:
                 return unmixed_params(x)
             k = int(rng.choice(len(self.mixers), p=self.weights))
-            params = self.mixers[k].sample(x, y, _child_generator(rng), alpha_scale=alpha_scale, context=context)
+            params = self.mixers[k]._draw(x, y, rng, alpha_scale, context)
             params.extra = {**params.extra, "choice": k}
             return params
         return self._sample_per_sample(x, y, rng, alpha_scale, context or {})
@@ -127,11 +127,6 @@ class RandomChoice(Mixer):
         self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
     ) -> MixParams:
         raise MixlabTypeError("RandomChoice draws through its mixers; it cannot be nested inside another RandomChoice")
-
-
-def _child_generator(rng: np.random.Generator) -> torch.Generator:
-    """A CPU torch generator seeded from ``rng``, to hand a draw on to a chosen mixer."""
-    return torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
 
 
 def _build(spec: MixerSpec) -> Mixer:
