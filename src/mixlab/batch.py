@@ -234,11 +234,12 @@ def check_num_classes(num_classes: object) -> None:
 
 
 def _check_class_indices(y: torch.Tensor, num_classes: int | None) -> None:
-    low = int(y.min())
+    if y.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(y))  # one pass, one device sync
     if low < 0:
         raise MixlabValueError(f"class indices must be >= 0; got {low}")
     if num_classes is not None:
-        high = int(y.max())
         if high >= num_classes:
             raise MixlabValueError(f"class indices must be < num_classes={num_classes}; got {high}")
 

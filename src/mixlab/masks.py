@@ -62,6 +62,8 @@ def box_bounds(
         >>> int((hi - lo)[0, 0]) <= 5
         True
     """
+    if len(lam) == 1 and centres is None:
+        return _one_box(shape, float(lam[0]), rng)
     sizes = np.asarray(shape, dtype=np.int64)
     ratio = np.minimum(np.maximum(1.0 - np.asarray(lam, dtype=np.float64), 0.0), 1.0) ** (1.0 / len(shape))
     sides = np.rint(ratio[:, None] * sizes).astype(np.int64)
@@ -70,6 +72,18 @@ def box_bounds(
     lo = centres - sides // 2
     hi = lo + sides
     return np.minimum(np.maximum(lo, 0), sizes), np.minimum(np.maximum(hi, 0), sizes)
+
+
+def _one_box(shape: Shape, lam: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`box_bounds` for a single box in plain Python arithmetic (tiny NumPy ops cost more)."""
+    ratio = min(max(1.0 - lam, 0.0), 1.0) ** (1.0 / len(shape))
+    lo, hi = [], []
+    for size, u in zip(shape, rng.random(len(shape)).tolist(), strict=True):
+        side = round(ratio * size)
+        start = int(u * size) - side // 2
+        lo.append(min(max(start, 0), size))
+        hi.append(min(max(start + side, 0), size))
+    return np.array([lo]), np.array([hi])
 
 
 def box_keep_fraction(shape: Shape, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -108,11 +108,19 @@ def numpy_rng(source: RandomSource) -> np.random.Generator:
 def torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
     """A torch generator on ``device`` seeded from ``rng``, for large random fields drawn where they are used.
 
+    The generator is reused (reseeded) by the next call on this thread: use it at once.
+
     Example:
         >>> torch_generator(np.random.default_rng(0), torch.device("cpu")).device.type
         'cpu'
     """
-    return torch.Generator(device=device).manual_seed(int(rng.integers(0, 2**62)))
+    generators = getattr(_THREAD, "torch_generators", None)
+    if generators is None:
+        generators = _THREAD.torch_generators = {}
+    if device not in generators:
+        generators[device] = torch.Generator(device=device)
+    # Reseeding one generator per thread and device is cheaper than building one per batch.
+    return generators[device].manual_seed(int(rng.integers(0, 2**62)))
 
 
 # ---------------------------------------------------------------- mixing ratios

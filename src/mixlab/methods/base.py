@@ -231,7 +231,9 @@ def ratios_to_device(lam: np.ndarray, n: int, device: torch.device) -> torch.Ten
         >>> ratios_to_device(np.array([0.25]), 3, torch.device("cpu"))
         tensor([0.2500, 0.2500, 0.2500])
     """
-    return per_sample(torch.from_numpy(np.asarray(lam, dtype=np.float32)), n).to(device)
+    if len(lam) == 1:  # one ratio for the batch: a single fill, no host-to-device copy
+        return torch.full((n,), float(lam[0]), dtype=torch.float32, device=device)
+    return torch.from_numpy(np.asarray(lam, dtype=np.float32)).to(device)
 
 
 def per_sample(values: torch.Tensor, n: int) -> torch.Tensor:
@@ -252,6 +254,8 @@ def broadcast_weight(lam: torch.Tensor | np.ndarray, x: torch.Tensor) -> torch.T
         torch.Size([2, 1, 1])
     """
     if isinstance(lam, np.ndarray):
+        if len(lam) == 1:
+            return torch.full((1,) * x.ndim, float(lam[0]), dtype=x.dtype, device=x.device)
         lam = torch.from_numpy(lam)
     return lam.to(x.dtype).view(-1, *([1] * (x.ndim - 1))).to(x.device)
 
@@ -263,5 +267,6 @@ def label_weight(weight: torch.Tensor, n: int) -> torch.Tensor:
         >>> label_weight(torch.tensor([[[1.0, 0.0, 0.0, 1.0]]]), 2)
         tensor([0.5000, 0.5000])
     """
-    mean = weight.to(torch.float64).flatten(1).mean(dim=1)
-    return per_sample(mean, n).to(torch.float32)
+    if weight.shape[0] == 1:  # one mask for the batch
+        return torch.full((n,), float(weight.double().mean()), dtype=torch.float32, device=weight.device)
+    return weight.to(torch.float64).flatten(1).mean(dim=1).to(torch.float32)
