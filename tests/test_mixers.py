@@ -131,7 +131,9 @@ def test_lam_is_the_exact_fraction_taken_from_x_i(name: str, lam_mode: str) -> N
         real_pair = mb.perm != torch.arange(n)
         assert torch.allclose(from_self[real_pair], mb.lam.double()[real_pair], atol=1e-6, rtol=0)
         # every element comes from one of the two samples
-        assert torch.allclose((from_self + from_partner)[real_pair], torch.ones(int(real_pair.sum()), dtype=torch.float64))
+        assert torch.allclose(
+            (from_self + from_partner)[real_pair], torch.ones(int(real_pair.sum()), dtype=torch.float64)
+        )
         # the reported mask is binary and its mean is lam
         mask = mb.mask.expand_as(x)[:, :1].flatten(1).double()
         assert bool(((mask == 0) | (mask == 1)).all())
@@ -152,7 +154,9 @@ def test_smoothmix_is_the_blend_of_its_soft_mask(lam_mode: str) -> None:
         expected = w * x.float() + (1 - w) * x.float()[mb.perm]
         tol = TOL[x.dtype]
         torch.testing.assert_close(mb.inputs.float(), expected, atol=tol * 4, rtol=tol * 4)
-        torch.testing.assert_close(mb.mask.expand(x.shape[0], 1, *x.shape[2:]).flatten(1).double().mean(1).float(), mb.lam, atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            mb.mask.expand(x.shape[0], 1, *x.shape[2:]).flatten(1).double().mean(1).float(), mb.lam, atol=1e-6, rtol=0
+        )
 
     run()
 
@@ -227,7 +231,9 @@ def test_fmix_mask_mean_is_lam_up_to_one_element(spatial: tuple[int, ...]) -> No
 
 def test_gridmix_mask_is_constant_on_each_cell() -> None:
     x = torch.randn(3, 1, 12, 12)
-    mb = mixlab.GridMix(n_holes=(3, 3), lam_mode="sample")(x, torch.arange(3), generator=torch.Generator().manual_seed(0))
+    mb = mixlab.GridMix(n_holes=(3, 3), lam_mode="sample")(
+        x, torch.arange(3), generator=torch.Generator().manual_seed(0)
+    )
     cells = mb.mask[:, 0].reshape(3, 3, 4, 3, 4)
     assert torch.equal(cells.amax(dim=(2, 4)), cells.amin(dim=(2, 4)))
 
@@ -239,7 +245,9 @@ def test_saliencymix_box_contains_the_partner_peak(lam_mode: str) -> None:
     for i in range(8):  # one bright spot per image, at different places
         r, c = 3 + (5 * i) % 18, 2 + (7 * i) % 20
         x[i, :, r : r + 2, c : c + 2] = 1.0
-    mb = mixlab.SaliencyMix(alpha=1.0, lam_mode=lam_mode)(x, torch.arange(8), generator=torch.Generator().manual_seed(1))
+    mb = mixlab.SaliencyMix(alpha=1.0, lam_mode=lam_mode)(
+        x, torch.arange(8), generator=torch.Generator().manual_seed(1)
+    )
     peaks = saliency_peaks(x)[mb.perm]
     for i in range(8):
         if mb.lam[i] < 1:
@@ -256,7 +264,9 @@ def test_resizemix_pastes_the_resized_partner() -> None:
     expected = F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)[mb.perm]
     torch.testing.assert_close(mb.inputs[:, :, r0:r1, c0:c1], expected)
     # per-sample mode resamples with the same convention
-    per_sample = mixlab.ResizeMix(scale=(0.5, 0.5), lam_mode="sample")(x, torch.arange(4), generator=torch.Generator().manual_seed(0))
+    per_sample = mixlab.ResizeMix(scale=(0.5, 0.5), lam_mode="sample")(
+        x, torch.arange(4), generator=torch.Generator().manual_seed(0)
+    )
     for i in range(4):
         t = (per_sample.mask[i, 0] == 0).nonzero()
         (a, b), (c, d) = t.min(dim=0).values.tolist(), (t.max(dim=0).values + 1).tolist()
@@ -298,7 +308,29 @@ def test_regression_targets_mix_linearly() -> None:
 
 
 def test_list_and_create_cover_every_issue_name() -> None:
-    names = {"mixup", "midpoint", "cutmix", "resizemix", "fmix", "gridmix", "smoothmix", "saliencymix", "manifold_mixup", "random_choice"}
+    names = {
+        "mixup",
+        "midpoint",
+        "cutmix",
+        "resizemix",
+        "fmix",
+        "gridmix",
+        "smoothmix",
+        "saliencymix",
+        "manifold_mixup",
+        "random_choice",
+    }
     assert names <= set(mixlab.list_mixers())
-    for cls in ("Mixup", "Midpoint", "CutMix", "ResizeMix", "FMix", "GridMix", "SmoothMix", "SaliencyMix", "ManifoldMixup", "RandomChoice"):
+    for cls in (
+        "Mixup",
+        "Midpoint",
+        "CutMix",
+        "ResizeMix",
+        "FMix",
+        "GridMix",
+        "SmoothMix",
+        "SaliencyMix",
+        "ManifoldMixup",
+        "RandomChoice",
+    ):
         assert issubclass(getattr(mixlab, cls), mixlab.Mixer)

@@ -239,9 +239,8 @@ def _check_class_indices(y: torch.Tensor, num_classes: int | None) -> None:
     low, high = (int(v) for v in torch.aminmax(y))  # one pass, one device sync
     if low < 0:
         raise MixlabValueError(f"class indices must be >= 0; got {low}")
-    if num_classes is not None:
-        if high >= num_classes:
-            raise MixlabValueError(f"class indices must be < num_classes={num_classes}; got {high}")
+    if num_classes is not None and high >= num_classes:
+        raise MixlabValueError(f"class indices must be < num_classes={num_classes}; got {high}")
 
 
 def _mixed_one_hot(
