@@ -150,7 +150,6 @@ def test_bad_parameters(name, kwargs, shown):
     ("kwargs", "shown"),
     [
         ({"num_classes": 0}, "got 0"),
-        ({"num_classes": 2.5}, "2.5"),
         ({"sigma": 0.5}, "'random'"),
         ({"pairing": "c_mixup", "sigma": -1.0}, "-1.0"),
         ({"pairing": "nearest"}, "nearest"),
@@ -162,6 +161,20 @@ def test_bad_construction_arguments(kwargs, shown):
         mixlab.create_mixer("mixup", **kwargs)
     assert isinstance(info.value, ValueError)
     assert shown in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "shown"), [({"num_classes": 2.5}, "2.5"), ({"seed": "a"}, "'a'")])
+def test_non_integer_counts_are_type_errors(kwargs, shown):
+    with pytest.raises(MixlabTypeError) as info:
+        mixlab.create_mixer("mixup", **kwargs)
+    assert isinstance(info.value, TypeError) and shown in str(info.value)
+
+
+def test_numpy_scalars_are_accepted():
+    import numpy as np
+
+    mixer = mixlab.create_mixer("mixup", alpha=np.float32(0.2), num_classes=np.int64(3), seed=np.int64(1))
+    assert mixer.num_classes == 3 and mixer.seed == 1
 
 
 def test_non_numeric_alpha_is_a_type_error():
@@ -228,3 +241,40 @@ def test_manifold_layer_not_in_model_given_at_call_time():
         mixer, x, y, UnknownNameError, ["block.3", "fc1", "act", "fc2"], ValueError, {"model": _net()}
     )
     assert "input" in err.known
+
+
+def test_y_on_another_device_is_refused_before_any_draw():
+    x = torch.randn(2, 3, 4, 4)
+    y = torch.zeros(2, dtype=torch.long, device="meta")
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    with pytest.raises(MixlabValueError, match="same device") as info:
+        mixlab.create_mixer("cutmix")(x, y, generator=g)
+    assert "meta" in str(info.value)
+    assert torch.equal(g.get_state(), state), "the generator was not used"
+
+
+def test_zero_size_spatial_dims_are_refused():
+    with pytest.raises(MixlabValueError, match="size 0"):
+        mixlab.create_mixer("cutmix")(torch.randn(2, 3, 0, 4), torch.arange(2))
+
+
+def test_c_mixup_on_class_indices_fails_before_any_draw():
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    with pytest.raises(MixlabTypeError, match="float targets"):
+        mixlab.create_mixer("mixup", pairing="c_mixup", sigma=1.0)(torch.randn(3, 2), torch.arange(3), generator=g)
+    assert torch.equal(g.get_state(), state)
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [{"name": "mixup", "inplace": True}, "cutmix"],
+    ],
+)
+def test_random_choice_refuses_member_settings_it_would_ignore(members):
+    with pytest.raises(MixlabValueError, match="inplace"):
+        mixlab.create_mixer("random_choice", mixers=members)
+    with pytest.raises(MixlabValueError, match="pairing"):
+        mixlab.create_mixer("random_choice", mixers=["mixup", {"name": "mixup", "p": 0.0}], mode="sample")

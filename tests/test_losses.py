@@ -604,3 +604,13 @@ def test_bad_target_b_raises_mixlab_error(call, yb):
     with pytest.raises(MixlabValueError) as info:
         call(mb)
     assert str(yb[2]) in str(info.value)
+
+
+def test_unmixed_samples_get_no_ranking_or_decoupled_term():
+    # lam in {0, 1} with a different-class partner: the sample is not mixed at all.
+    y = torch.tensor([0, 1])
+    mb = MixedBatch(torch.zeros(2, 1), y, y.flip(0), torch.tensor([1.0, 0.0]), torch.tensor([1, 0]))
+    z = torch.tensor([[2.0, 0.5], [0.3, 1.0]])
+    clean = mixed_cross_entropy(z, mb)
+    torch.testing.assert_close(rankmixup_loss(z, z, y, mb, eta=1.0), cross_entropy(z, y))
+    torch.testing.assert_close(decoupled_mixup_loss(z, mb, eta=1.0), clean)

@@ -91,3 +91,16 @@ def test_unknown_layer_lists_the_model_modules() -> None:
     with pytest.raises(mixlab.errors.UnknownNameError) as info:
         mixlab.ManifoldMixup(layers=["stem", "blok"], model=Net())
     assert "blok" in str(info.value) and "block.1" in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_hidden_layer_mixing_accepts_token_ids() -> None:
+    net = nn.Sequential(nn.Embedding(20, 8), nn.Flatten(), nn.Linear(8 * 5, 3))
+    tokens, y = torch.randint(0, 20, (4, 5)), torch.arange(4) % 3
+    mixer = mixlab.ManifoldMixup(layers=["0"], model=net)
+    mb = mixer(tokens, y, generator=torch.Generator().manual_seed(0))
+    h = net[0](tokens)
+    lam = mb.lam.view(-1, 1, 1)
+    expected = net[2](net[1](lam * h + (1 - lam) * h[mb.perm]))
+    torch.testing.assert_close(mb.forward(net), expected)
+    with pytest.raises(mixlab.errors.MixlabTypeError):
+        mixlab.ManifoldMixup(layers=["input", "0"], model=net)(tokens, y)

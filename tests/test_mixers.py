@@ -334,3 +334,50 @@ def test_list_and_create_cover_every_issue_name() -> None:
         "RandomChoice",
     ):
         assert issubclass(getattr(mixlab, cls), mixlab.Mixer)
+
+
+def _mix_in_worker(batch):
+    x, y = torch.utils.data.default_collate(batch)
+    mb = WORKER_MIXER(x, y)
+    return mb.lam[0].item(), mb.perm.tolist()
+
+
+WORKER_MIXER = mixlab.create_mixer("mixup")
+
+
+def test_dataloader_workers_draw_different_mixes() -> None:
+    data = torch.utils.data.TensorDataset(torch.randn(16, 3), torch.arange(16) % NUM_CLASSES)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, num_workers=2, collate_fn=_mix_in_worker)
+    draws = list(loader)
+    assert len(set(map(str, draws))) == len(draws), f"workers repeated each other's draws: {draws}"
+
+
+def test_seeded_mixers_repeat_each_other() -> None:
+    x, y = torch.randn(8, 3), torch.arange(8) % NUM_CLASSES
+    a, b = mixlab.Mixup(seed=5), mixlab.Mixup(seed=5)
+    assert torch.equal(a(x, y).inputs, b(x, y).inputs)
+
+
+def test_lam_does_not_share_memory_with_the_mask() -> None:
+    mb = mixlab.Mixup()(torch.randn(4, 3), torch.arange(4))
+    mask_before = mb.mask.clone()
+    mb.lam.clamp_(0.1, 0.9)
+    assert torch.equal(mb.mask, mask_before)
+
+
+def test_fmix_large_decay_power_keeps_exact_lam() -> None:
+    x = torch.randn(2, 1, 64, 64)
+    for lam_mode in ("batch", "sample"):
+        mb = mixlab.FMix(lam=0.5, decay_power=40.0, lam_mode=lam_mode)(
+            x, torch.arange(2), generator=torch.Generator().manual_seed(0)
+        )
+        assert torch.allclose(mb.lam, torch.full((2,), 0.5), atol=1 / 4096)
+
+
+def test_gridmix_caps_cells_per_dim_on_uneven_shapes() -> None:
+    x = torch.randn(1, 1, 2, 60)
+    mb = mixlab.GridMix(n_holes=(6, 6), lam=0.5)(x, torch.arange(1), generator=torch.Generator().manual_seed(0))
+    row = mb.mask[0, 0, 0]
+    changes = int((row[1:] != row[:-1]).sum())
+    assert changes >= 1, "the long dim is split into more than the short dim's 2 cells"
+    assert torch.equal(mb.mask[0, 0, 0].reshape(6, 10).amax(1), mb.mask[0, 0, 0].reshape(6, 10).amin(1))

@@ -306,3 +306,9 @@ def test_bad_schedule_arguments(make, kind, shown):
     assert isinstance(info.value, MixlabError)
     assert isinstance(info.value, ValueError)
     assert shown in str(info.value), str(info.value)
+
+
+def test_unseeded_probability_schedules_are_independent():
+    both = Probability(0.5) & Probability(0.5)
+    rate = sum(both.active(step, 0) for step in range(4000)) / 4000
+    assert abs(rate - 0.25) < 0.03

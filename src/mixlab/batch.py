@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mixlab.errors import MixlabTypeError, MixlabValueError, check_probability
+from mixlab.errors import MixlabTypeError, MixlabValueError, check_int, check_probability
 
 #: A function that runs ``model`` on ``inputs`` and returns its output; set by
 #: mixers that mix inside the model (Manifold Mixup) rather than at the input.
@@ -39,7 +39,8 @@ class MixedBatch:
             sample (after any area correction).
         perm: ``(N,)`` long, the index of each sample's partner.
         mask: optional per-element weight of ``x`` in ``inputs``, broadcastable
-            to ``x`` (``None`` for pure interpolation, where it is ``lam``).
+            to ``x`` (for mixup a ``(N or 1, 1, ..., 1)`` weight; ``None`` when the
+            mixing happens inside the model or per-sample methods are combined).
         forward_fn: how to run a model on this batch; ``None`` means
             ``model(inputs)``. Use :meth:`forward` rather than reading it.
 
@@ -162,7 +163,7 @@ def validate_batch(
     method: str,
     num_classes: int | None = None,
     spatial: bool = False,
-    check_labels: bool = True,
+    floating: bool = True,
 ) -> None:
     """Check ``(x, y)`` against the mixing contract and raise a clear error if it is broken.
 
@@ -174,8 +175,8 @@ def validate_batch(
         num_classes: when given, class indices must be below it and soft labels
             must have this width.
         spatial: whether the method builds masks over spatial dims.
-        check_labels: whether to check class-index ranges (reads the labels,
-            which synchronises a CUDA device).
+        floating: whether ``x`` must be floating (not when only hidden states
+            are mixed, e.g. token ids fed to an embedding).
 
     Example:
         >>> import torch
@@ -185,7 +186,7 @@ def validate_batch(
         raise MixlabTypeError(f"{method}: x must be a torch.Tensor; got {type(x).__name__}")
     if not isinstance(y, torch.Tensor):
         raise MixlabTypeError(f"{method}: y must be a torch.Tensor; got {type(y).__name__}")
-    if not x.is_floating_point():
+    if floating and not x.is_floating_point():
         raise MixlabTypeError(
             f"{method}: x must be a floating tensor (float32, float16, bfloat16, float64); got dtype {x.dtype}. "
             "Convert images first, e.g. x.float() / 255"
@@ -201,6 +202,10 @@ def validate_batch(
         )
     if x.shape[0] < 1:
         raise MixlabValueError(f"{method}: the batch is empty; got x of shape {tuple(x.shape)}")
+    if 0 in x.shape[1:]:
+        raise MixlabValueError(f"{method}: x has a dim of size 0; got shape {tuple(x.shape)}")
+    if y.device != x.device:
+        raise MixlabValueError(f"{method}: x and y must be on the same device; got x on {x.device}, y on {y.device}")
     if y.ndim < 1 or y.shape[0] != x.shape[0]:
         raise MixlabValueError(
             f"{method}: x and y must have the same batch size; got x {tuple(x.shape)} and y {tuple(y.shape)}"
@@ -219,18 +224,17 @@ def validate_batch(
         raise MixlabTypeError(f"{method}: y must be real; got dtype {y.dtype}")
     if y.ndim != 1:
         raise MixlabValueError(f"{method}: class indices must have shape (N,); got {tuple(y.shape)}")
-    if check_labels:
-        _check_class_indices(y, num_classes)
+    _check_class_indices(y, num_classes)
 
 
-def check_num_classes(num_classes: object) -> None:
-    """Raise unless ``num_classes`` is a positive int.
+def check_num_classes(num_classes: object) -> int:
+    """Return ``num_classes`` as an int if it is a positive integer, else raise.
 
     Example:
         >>> check_num_classes(10)
+        10
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise MixlabValueError(f"num_classes must be a positive int; got {num_classes!r}")
+    return check_int("num_classes", num_classes, minimum=1)
 
 
 def _check_class_indices(y: torch.Tensor, num_classes: int | None) -> None:

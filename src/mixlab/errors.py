@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
 
@@ -92,8 +93,22 @@ def check_choice(kind: str, value: object, known: Iterable[str]) -> str:
     return value  # type: ignore[return-value]
 
 
+def check_int(name: str, value: object, minimum: int = 0) -> int:
+    """Return ``value`` as an int if it is an integer >= ``minimum`` (NumPy integers too), else raise.
+
+    Example:
+        >>> check_int("epochs", 3)
+        3
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise MixlabTypeError(f"{name} must be an int; got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise MixlabValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
 def _as_real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise MixlabTypeError(f"{name} must be a real number; got {value!r} of type {type(value).__name__}")
     value = float(value)
     if value != value:  # NaN

@@ -144,8 +144,8 @@ def decoupled_mixup_loss(
     scores ``a`` with ``b`` removed from the normaliser (and ``b`` without
     ``a``): ``H_a = exp(z_a) / (exp(z_a) + sum_{c not in {a, b}} exp(z_c))``.
     The loss adds ``eta * (λ^q * -log H_a + (1-λ)^q * -log H_b)`` with
-    ``q = lam_power`` (0 weighs both classes equally); samples with ``a == b``
-    get no extra term. Hard mixed samples, whose two classes compete, keep a
+    ``q = lam_power`` (0 weighs both classes equally); samples that are not
+    mixed (``a == b``, or λ in {0, 1}) get no extra term. Hard mixed samples, whose two classes compete, keep a
     strong gradient, and no extra forward pass is needed.
     Liu et al., NeurIPS 2023, arXiv 2203.10761.
 
@@ -170,7 +170,7 @@ def decoupled_mixup_loss(
     nll_b = torch.logsumexp(without_a, dim=1) - z.gather(1, yb).squeeze(1)
     lam = mb.lam.to(z.device, torch.float32)
     decoupled = lam.pow(lam_power) * nll_a + (1.0 - lam).pow(lam_power) * nll_b
-    decoupled = torch.where(ya.squeeze(1) != yb.squeeze(1), decoupled, torch.zeros_like(decoupled))
+    decoupled = torch.where(_mixed_pairs(mb).to(decoupled.device), decoupled, torch.zeros_like(decoupled))
     return _reduce(base + eta * decoupled, reduction)
 
 
@@ -222,7 +222,8 @@ def rankmixup_loss(
     ``mode="mrl"`` (mixup-based ranking loss): per sample,
     ``max(0, s(mixed_i) - s(clean_i) + margin)`` with ``s`` the largest logit
     (``score="logit"``, margin 2 on CIFAR) or the largest softmax probability
-    (``score="confidence"``); pairs of the same class are skipped.
+    (``score="confidence"``); samples that are not mixed (same class, or λ in
+    {0, 1}) are skipped.
 
     ``mode="ndcg"`` (M-NDCG): give several mixed batches (one logits tensor and
     one :class:`MixedBatch` each). For every raw sample, the list
@@ -276,10 +277,16 @@ def _different_pairs(mb: MixedBatch) -> Tensor:
     return ya != yb
 
 
+def _mixed_pairs(mb: MixedBatch) -> Tensor:
+    """Samples whose label really mixes two different targets (different partner, 0 < λ < 1)."""
+    lam = mb.lam.to(mb.target_a.device)
+    return _different_pairs(mb) & (lam > 0) & (lam < 1)
+
+
 def _margin_ranking(logits_clean: Tensor, logits_mixed: Tensor, mb: MixedBatch, margin: float, score: str) -> Tensor:
     gap = _top_score(logits_mixed, score) - _top_score(logits_clean, score) + margin
     hinge = F.relu(gap)
-    return torch.where(_different_pairs(mb).to(hinge.device), hinge, torch.zeros_like(hinge))
+    return torch.where(_mixed_pairs(mb).to(hinge.device), hinge, torch.zeros_like(hinge))
 
 
 def _mixup_ndcg(logits_clean: Tensor, logits_mixed: list[Tensor], batches: list[MixedBatch]) -> Tensor:

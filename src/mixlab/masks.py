@@ -155,11 +155,25 @@ def fourier_weight(
 
 @functools.lru_cache(maxsize=32)
 def _spectrum_scale(shape: tuple[int, ...], decay_power: float, device: torch.device) -> torch.Tensor:
-    """``1 / f ** decay_power`` at each coefficient of an ``rfftn`` of ``shape`` (f floored at 1 / max size)."""
+    """``(f_min / f) ** decay_power`` on the ``rfftn`` grid of ``shape``, with ``f >= f_min = 1 / max size``.
+
+    Proportional to FMix's ``1 / f ** decay_power`` (only the ranks of the field
+    matter) but bounded by 1, so a large decay power cannot overflow.
+    """
+    f_min = 1.0 / max(shape)
+    return (f_min / rfft_frequencies(shape, device).clamp(min=f_min)).pow(decay_power)
+
+
+def rfft_frequencies(shape: Shape, device: torch.device) -> torch.Tensor:
+    """Magnitude of the spatial frequency (cycles per position) at each coefficient of an ``rfftn`` of ``shape``.
+
+    Example:
+        >>> rfft_frequencies((4,), torch.device("cpu"))
+        tensor([0.0000, 0.2500, 0.5000])
+    """
     axes = [torch.fft.fftfreq(s, device=device) for s in shape[:-1]]
     axes.append(torch.fft.rfftfreq(shape[-1], device=device))
-    freqs = torch.sqrt(sum(g.square() for g in torch.meshgrid(*axes, indexing="ij")))
-    return freqs.clamp(min=1.0 / max(shape)).pow(-decay_power)
+    return torch.sqrt(sum(g.square() for g in torch.meshgrid(*axes, indexing="ij")))
 
 
 def _top_k_rows(values: torch.Tensor, k: np.ndarray) -> torch.Tensor:
@@ -198,7 +212,8 @@ def grid_weight(
     cell_index = torch.zeros((m, *shape), dtype=torch.long, device=device)
     for coord in _aranges(shape, device):
         size = coord.numel()
-        cell_index = cell_index * max_cells + (coord * n) // size
+        n_k = n.clamp(max=size)  # never more cells than positions along this dim
+        cell_index = cell_index * max_cells + (coord * n_k) // size
     return torch.gather(keep, 1, cell_index.view(m, -1)).view(m, 1, *shape)
 
 

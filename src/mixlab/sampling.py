@@ -1,8 +1,11 @@
 """Randomness: mixing-ratio samplers and pair samplers.
 
-All draws take an explicit CPU ``torch.Generator`` and never touch Python's,
-NumPy's or torch's global random state. Parameters are drawn on the CPU (they
-are small) and moved to the data's device by the mixer.
+All draws take an explicit generator and never touch Python's, NumPy's or
+torch's global random state. Small parameters are drawn on the CPU with NumPy,
+seeded by one draw of the caller's ``torch.Generator``; large random fields
+(FMix spectra) are drawn on the data's device from a torch generator seeded
+the same way, so one seed gives the same parameters on every device but the
+same FMix masks only on the same device type.
 
 Example:
     >>> import torch
@@ -21,7 +24,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError, check_positive, check_probability
+from mixlab.errors import (
+    MixlabTypeError,
+    MixlabValueError,
+    UnknownNameError,
+    check_int,
+    check_positive,
+    check_probability,
+)
 
 # ---------------------------------------------------------------- generators
 
@@ -40,7 +50,7 @@ def new_generator(seed: int | None = None) -> torch.Generator:
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(int(seed))
+        g.manual_seed(check_int("seed", seed))
     return g
 
 
@@ -197,7 +207,7 @@ class FixedLambda:
 
 def make_lambda_sampler(
     alpha: float | None = None, lam: float | None = None, lam_range: tuple[float, float] | None = None
-) -> BetaLambda | UniformLambda | FixedLambda:
+) -> LambdaSampler:
     """Build the λ sampler from exactly one of ``alpha``, ``lam`` (fixed) or ``lam_range``.
 
     Example:
@@ -223,7 +233,10 @@ class PairSampler(ABC):
     """Chooses each sample's partner: ``perm[i]`` is the index mixed into sample ``i``."""
 
     name = "random"
-    needs_targets = False
+
+    def check(self, y: torch.Tensor) -> None:
+        """Raise before any draw if the targets do not suit this rule (any targets do by default)."""
+        return
 
     @abstractmethod
     def sample(self, y: torch.Tensor, rng: RandomSource) -> torch.Tensor:
@@ -261,16 +274,19 @@ class CMixupPairing(PairSampler):
     """
 
     name = "c_mixup"
-    needs_targets = True
 
     def __init__(self, sigma: float = 1.0, exclude_self: bool = False):
         self.sigma = check_positive("sigma", sigma)
         self.exclude_self = bool(exclude_self)
 
-    def probabilities(self, y: torch.Tensor) -> torch.Tensor:
-        """Return the ``(N, N)`` row-stochastic partner probabilities for targets ``y``."""
+    def check(self, y: torch.Tensor) -> None:
+        """C-Mixup compares regression targets: they must be floating."""
         if not y.is_floating_point():
             raise MixlabTypeError(f"c_mixup pairs by target distance and needs float targets; got dtype {y.dtype}")
+
+    def probabilities(self, y: torch.Tensor) -> torch.Tensor:
+        """Return the ``(N, N)`` row-stochastic partner probabilities for targets ``y``."""
+        self.check(y)
         flat = y.detach().to("cpu", torch.float64).reshape(y.shape[0], -1)
         dist2 = torch.cdist(flat, flat).square()
         # softmax rather than exp()/sum: with a small sigma exp() underflows to all-zero rows.
@@ -298,8 +314,6 @@ class ClassAwarePairing(PairSampler):
         >>> bool((y[perm] != y).all())
         True
     """
-
-    needs_targets = True
 
     def __init__(self, mode: str = "different"):
         if mode not in ("same", "different"):

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -26,9 +27,20 @@ UNITS = ("step", "epoch")
 
 
 def _count(name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise MixlabValueError(f"{name} must be an int >= {minimum}; got {value!r}")
-    return value
+    return int(value)
+
+
+def _seed(seed: int | None) -> int:
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % 2**63)  # OS entropy, not the global RNG
+    return _count("seed", seed)
+
+
+def _uniform(seed: int, step: int) -> float:
+    """A uniform draw that depends only on ``(seed, step)``."""
+    return float(np.random.default_rng([seed, _count("step", step)]).random())
 
 
 def _when(step: int, epoch: int, unit: str) -> int:
@@ -69,7 +81,9 @@ class Probability(Schedule):
     """Mix each step with probability ``p``, drawn reproducibly from ``(seed, step)``.
 
     The draw depends only on the seed and the step, so a resumed run makes the
-    same choices; no global random state is used.
+    same choices; no global random state is used. Without a seed one is drawn
+    from OS entropy, so two schedules combined with ``&`` are independent; give
+    a seed to make a run repeatable.
 
     Example:
         >>> s = Probability(0.5, seed=1)
@@ -77,13 +91,13 @@ class Probability(Schedule):
         True
     """
 
-    def __init__(self, p: float, seed: int = 0):
+    def __init__(self, p: float, seed: int | None = None):
         self.p = check_probability("p", p)
-        self.seed = _count("seed", seed)
+        self.seed = _seed(seed)
 
     def active(self, step: int, epoch: int) -> bool:
         """``True`` with probability ``p``."""
-        return bool(np.random.default_rng([self.seed, step]).random() < self.p)
+        return _uniform(self.seed, step) < self.p
 
 
 class WarmUp(Schedule):
@@ -142,6 +156,10 @@ class Alternate(Schedule):
 class Ramp(Schedule):
     """Ramp α's multiplier (``target="alpha"``) or the mixing probability (``target="p"``) linearly.
 
+    The α multiplier scales Beta(α, α) samplers only: mixers built with a fixed
+    ``lam`` or a ``lam_range`` (and ResizeMix, whose patch size comes from its
+    ``scale``) are unaffected by it.
+
     The value goes from ``start_value`` at ``begin`` to ``end_value`` at ``end``
     (in steps or epochs) and stays there. A probability ramp mixes with that
     probability, drawn reproducibly from ``(seed, step)``; an α ramp is
@@ -161,7 +179,7 @@ class Ramp(Schedule):
         end: int = 1,
         unit: str = "epoch",
         target: str = "alpha",
-        seed: int = 0,
+        seed: int | None = None,
     ):
         self.target = check_choice("ramp target", target, ("alpha", "p"))
         check = check_probability if self.target == "p" else check_non_negative
@@ -171,7 +189,7 @@ class Ramp(Schedule):
         if self.end <= self.begin:
             raise MixlabValueError(f"the ramp must end after it begins; got begin={begin}, end={end}")
         self.unit = check_choice("unit", unit, UNITS)
-        self.seed = _count("seed", seed)
+        self.seed = _seed(seed)
 
     def value(self, step: int, epoch: int) -> float:
         """The ramped value at this point."""
@@ -182,7 +200,7 @@ class Ramp(Schedule):
     def active(self, step: int, epoch: int) -> bool:
         """For a ``p`` ramp, a reproducible draw; for an α ramp, whether the multiplier is > 0."""
         if self.target == "p":
-            return bool(np.random.default_rng([self.seed, step]).random() < self.value(step, epoch))
+            return _uniform(self.seed, step) < self.value(step, epoch)
         return self.value(step, epoch) > 0.0
 
     def strength(self, step: int, epoch: int) -> float:
@@ -239,7 +257,7 @@ class ScheduledMixer:
         context: dict[str, Any] | None = None,
     ) -> MixedBatch:
         """Mix ``(x, y)`` if the schedule is active at ``(step, epoch)``."""
-        self.mixer.check(x, y)
         if not self.schedule.active(step, epoch):
+            self.mixer.check(x, y)  # bad input fails on clean steps too
             return MixedBatch.unmixed(x, y)
         return self.mixer(x, y, generator, alpha_scale=self.schedule.strength(step, epoch), context=context)

@@ -11,15 +11,17 @@ the partners and the drawn ratios) and :meth:`Mixer._mix` (the blend).
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from mixlab.batch import MixedBatch, check_num_classes, validate_batch
-from mixlab.errors import check_choice, check_probability
+from mixlab.errors import check_choice, check_int, check_probability
 from mixlab.sampling import (
     PairSampler,
     as_cpu_generator,
@@ -99,12 +101,27 @@ class Mixer(ABC):
         self.lam_mode = check_choice("lam_mode", lam_mode, LAM_MODES)
         self.p = check_probability("p", p)
         self.pairing = make_pair_sampler(pairing, **({} if sigma is None else {"sigma": sigma}))
-        if num_classes is not None:
-            check_num_classes(num_classes)
-        self.num_classes = num_classes
+        self.num_classes = None if num_classes is None else check_num_classes(num_classes)
         self.inplace = bool(inplace)
         self.validate = bool(validate)
-        self.generator = new_generator(seed)
+        self.seed = None if seed is None else check_int("seed", seed)
+        self._generator = new_generator(self.seed)
+        self._generator_owner = (os.getpid(), None)
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The mixer's own generator, used when none is passed.
+
+        Each process (e.g. each DataLoader worker) gets its own stream: with a
+        ``seed`` it is derived from the seed and the worker id, otherwise it is
+        drawn from OS entropy, so forked workers never repeat each other's mixes.
+        """
+        worker = torch.utils.data.get_worker_info()
+        owner = (os.getpid(), None if worker is None else worker.id)
+        if owner != self._generator_owner:
+            seed = None if self.seed is None else self.seed + 1_000_003 * (0 if worker is None else worker.id + 1)
+            self._generator, self._generator_owner = new_generator(seed), owner
+        return self._generator
 
     # ------------------------------------------------------------ public steps
 
@@ -139,6 +156,7 @@ class Mixer(ABC):
     ) -> MixParams:
         """Draw every random parameter for this batch (no change to ``x``)."""
         self.check(x, y)
+        self._check_context(context or {})
         return self._draw(x, y, numpy_rng(as_cpu_generator(generator, self.generator)), alpha_scale, context)
 
     def _draw(
@@ -168,6 +186,11 @@ class Mixer(ABC):
         if not self.validate:
             return
         validate_batch(x, y, method=self.name, num_classes=self.num_classes, spatial=self.spatial)
+        self.pairing.check(y)
+
+    def _check_context(self, context: dict[str, Any]) -> None:
+        """Raise before any draw if ``context`` lacks what the method needs (none by default)."""
+        return
 
     # ------------------------------------------------------------ for subclasses
 
@@ -208,9 +231,9 @@ def blend(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor, *, inplace:
     """
     out = x.index_select(0, perm)
     out.lerp_(x, weight)
-    if inplace:
-        return x.copy_(out)
-    return out
+    # In place still needs the partner copy (x is overwritten); copying back keeps
+    # the result bit-identical to the out-of-place one.
+    return x.copy_(out) if inplace else out
 
 
 def unmixed_params(x: torch.Tensor) -> MixParams:
@@ -234,6 +257,22 @@ def ratios_to_device(lam: np.ndarray, n: int, device: torch.device) -> torch.Ten
     if len(lam) == 1:  # one ratio for the batch: a single fill, no host-to-device copy
         return torch.full((n,), float(lam[0]), dtype=torch.float32, device=device)
     return torch.from_numpy(np.asarray(lam, dtype=np.float32)).to(device)
+
+
+def interpolation_params(x: torch.Tensor, perm: torch.Tensor, lam: np.ndarray) -> MixParams:
+    """Params for ``lam * x + (1 - lam) * x[perm]``; ``lam`` is reported as rounded to ``x``'s dtype.
+
+    Non-floating ``x`` (token ids mixed later, as hidden states) gets a float32 weight.
+
+    Example:
+        >>> interpolation_params(torch.zeros(2, 3, dtype=torch.float16), torch.tensor([1, 0]), np.array([0.1])).lam
+        tensor([0.1000, 0.1000])
+    """
+    like = x if x.is_floating_point() else x.float()
+    weight = broadcast_weight(lam, like)
+    # A copy, not a view of the weight: the label weight must not share memory with the mask.
+    exact = per_sample(weight.flatten().to(torch.float32), x.shape[0]).clone()
+    return MixParams(perm=perm, lam=exact, weight=weight)
 
 
 def per_sample(values: torch.Tensor, n: int) -> torch.Tensor:
@@ -267,6 +306,7 @@ def label_weight(weight: torch.Tensor, n: int) -> torch.Tensor:
         >>> label_weight(torch.tensor([[[1.0, 0.0, 0.0, 1.0]]]), 2)
         tensor([0.5000, 0.5000])
     """
+    exact = torch.float32 if weight.device.type == "mps" else torch.float64  # MPS has no float64
     if weight.shape[0] == 1:  # one mask for the batch
-        return torch.full((n,), float(weight.double().mean()), dtype=torch.float32, device=weight.device)
-    return weight.to(torch.float64).flatten(1).mean(dim=1).to(torch.float32)
+        return torch.full((n,), float(weight.to(exact).mean()), dtype=torch.float32, device=weight.device)
+    return weight.to(exact).flatten(1).mean(dim=1).to(torch.float32)

@@ -12,7 +12,7 @@ from torch import Generator, Tensor
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_non_negative
 from mixlab.methods.base import LAM_MODES, Mixer, MixParams, unmixed_params
-from mixlab.sampling import as_cpu_generator, numpy_rng
+from mixlab.sampling import PairSampler, RandomPairing, as_cpu_generator, numpy_rng
 
 MixerSpec = Mixer | str | Mapping[str, Any]
 
@@ -31,6 +31,8 @@ class RandomChoice(Mixer):
         weights: non-negative weights, one per mixer (default: equal).
         mode: ``"batch"`` or ``"sample"``.
         p: probability of mixing at all (per batch, or per sample in sample mode).
+        pairing, sigma: the partner rule used in sample mode (in batch mode each
+            member uses its own).
 
     Example:
         >>> import torch, mixlab
@@ -48,12 +50,23 @@ class RandomChoice(Mixer):
         *,
         mode: str = "batch",
         p: float = 1.0,
+        pairing: str | PairSampler = "random",
+        sigma: float | None = None,
         seed: int | None = None,
         num_classes: int | None = None,
         inplace: bool = False,
         validate: bool = True,
     ):
-        super().__init__(lam=1.0, p=p, seed=seed, num_classes=num_classes, inplace=inplace, validate=validate)
+        super().__init__(
+            lam=1.0,
+            p=p,
+            pairing=pairing,
+            sigma=sigma,
+            seed=seed,
+            num_classes=num_classes,
+            inplace=inplace,
+            validate=validate,
+        )
         if isinstance(mixers, (str, Mapping)) or not isinstance(mixers, Sequence) or not mixers:
             raise MixlabValueError(f"mixers must be a non-empty list of mixers, names or dicts; got {mixers!r}")
         self.mixers = [_build(spec) for spec in mixers]
@@ -64,6 +77,24 @@ class RandomChoice(Mixer):
         if self.mode == "sample" and self.requires:
             names = [m.name for m in self.mixers if m.requires]
             raise MixlabValueError(f"mode='sample' cannot mix per sample with methods that need the model: {names}")
+        self._check_members()
+
+    def _check_members(self) -> None:
+        """Settings that belong to the composition must not be set on its members, where they would be ignored."""
+        for m in self.mixers:
+            if m.inplace:
+                raise MixlabValueError(f"set inplace on random_choice, not on its member {m.name!r}")
+            if self.mode == "sample" and (m.p < 1.0 or not isinstance(m.pairing, RandomPairing)):
+                raise MixlabValueError(
+                    f"in mode='sample' one partner draw serves every member: set p and pairing on random_choice, "
+                    f"not on {m.name!r} (got p={m.p}, pairing={m.pairing.name!r})"
+                )
+
+    def check(self, x: Tensor, y: Tensor) -> None:
+        """Check the batch for the composition and for every member (their num_classes too)."""
+        super().check(x, y)
+        for m in self.mixers:
+            m.check(x, y)
 
     def sample(
         self,
@@ -93,7 +124,7 @@ class RandomChoice(Mixer):
         choice = rng.choice(len(self.mixers), size=n, p=self.weights)
         if self.p < 1.0:  # -1 marks samples left unmixed
             choice = np.where(rng.random(n) < self.p, choice, -1)
-        perm = self.mixers[0].pairing.sample(y, rng).to(x.device)
+        perm = self.pairing.sample(y, rng).to(x.device)
         parts = []
         for k, mixer in enumerate(self.mixers):
             lam = mixer.lam_sampler.sample(n, rng, alpha_scale=alpha_scale)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixlab.methods.base import Mixer, MixParams, broadcast_weight, per_sample
+from mixlab.methods.base import Mixer, MixParams, interpolation_params
 
 
 class Mixup(Mixer):
@@ -33,14 +33,11 @@ class Mixup(Mixer):
         x: torch.Tensor,
         y: torch.Tensor,
         perm: torch.Tensor,
-        lam: torch.Tensor,
+        lam: np.ndarray,
         rng: np.random.Generator,
         context: dict[str, Any],
     ) -> MixParams:
-        weight = broadcast_weight(lam, x)
-        # The label weight is the input weight actually used, after rounding to x's dtype.
-        exact = per_sample(weight.flatten().to(torch.float32), x.shape[0])
-        return MixParams(perm=perm, lam=exact, weight=weight)
+        return interpolation_params(x, perm, lam)
 
 
 class Midpoint(Mixup):

@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
-from mixlab.batch import MixedBatch
+from mixlab.batch import MixedBatch, validate_batch
 from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
-from mixlab.methods.base import Mixer, MixParams, blend, broadcast_weight, per_sample
+from mixlab.methods.base import Mixer, MixParams, blend, broadcast_weight, interpolation_params
 
 INPUT = "input"
 
@@ -25,6 +24,11 @@ class ManifoldMixup(Mixer):
     during :meth:`MixedBatch.forward`, so run the model with
     ``mb.forward(model)``, not ``model(mb.inputs)``. Default ``alpha=2``.
     Verma et al., ICML 2019, arXiv 1806.05236.
+
+    Without ``"input"`` among the layers, ``x`` may be token ids for an
+    embedding layer (integer dtype). A batch mixed at a hidden layer keeps
+    ``x`` as its ``inputs``: calling ``model(mb.inputs)`` instead of
+    ``mb.forward(model)`` would pair mixed labels with unmixed inputs.
 
     Args:
         layers: candidate module names (and/or ``"input"``).
@@ -66,13 +70,20 @@ class ManifoldMixup(Mixer):
     def _sample_params(
         self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
     ) -> MixParams:
+        params = interpolation_params(x, perm, lam)
+        params.extra["layer"] = self.layers[int(rng.integers(len(self.layers)))]
+        return params
+
+    def _check_context(self, context: dict[str, Any]) -> None:
         model = context.get("model", self.model)
         if model is not None:
             self.check_model(model)
-        layer = self.layers[int(rng.integers(len(self.layers)))]
-        weight = broadcast_weight(lam, x)
-        exact = per_sample(weight.flatten().to(torch.float32), x.shape[0])
-        return MixParams(perm=perm, lam=exact, weight=weight, extra={"layer": layer})
+
+    def check(self, x: Tensor, y: Tensor) -> None:
+        """As for every mixer, except that ``x`` may be non-floating (token ids) when ``"input"`` is not a layer."""
+        if self.validate:
+            validate_batch(x, y, method=self.name, num_classes=self.num_classes, floating=INPUT in self.layers)
+            self.pairing.check(y)
 
     def _mix(self, x: Tensor, params: MixParams, context: dict[str, Any]) -> Tensor:
         if params.extra["layer"] == INPUT:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mixlab import masks
-from mixlab.errors import MixlabTypeError, MixlabValueError, check_probability
+from mixlab.errors import MixlabTypeError, MixlabValueError, check_positive, check_probability
 from mixlab.methods.base import Mixer, MixParams, label_weight, ratios_to_device, unmixed_params
 
 
@@ -79,7 +79,8 @@ class ResizeMix(Mixer):
     """ResizeMix: shrink ``x_j`` by a scale ``tau ~ U(scale)`` and paste it at a random place in ``x_i``.
 
     ``lam`` is the exact share of ``x_i`` left visible, ``1 - patch volume``.
-    Setting ``lam=1`` (or ``p``) leaves samples unmixed; otherwise λ is not used.
+    The patch size comes from ``scale`` alone: the λ sampler (and so an α ramp)
+    only decides, through ``lam=1`` or ``p``, whether a sample is mixed.
     Qin et al., 2020, arXiv 2012.11101.
 
     Example:
@@ -155,9 +156,7 @@ class FMix(Mixer):
 
     def __init__(self, *, decay_power: float = 3.0, **kwargs: Any):
         super().__init__(**kwargs)
-        if isinstance(decay_power, bool) or not isinstance(decay_power, (int, float)) or not decay_power > 0:
-            raise MixlabValueError(f"decay_power must be a number > 0; got {decay_power!r}")
-        self.decay_power = float(decay_power)
+        self.decay_power = check_positive("decay_power", decay_power)
 
     def _sample_params(
         self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
@@ -201,7 +200,6 @@ class GridMix(Mixer):
     ) -> MixParams:
         low, high = self.n_holes
         cells = rng.integers(low, high + 1, size=len(lam))
-        cells = np.minimum(cells, min(x.shape[2:]))  # never more cells than positions
         weight = masks.grid_weight(x.shape[2:], lam, cells, rng, x.device)
         return _weight_params(weight, x, perm)
 

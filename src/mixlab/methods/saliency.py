@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from mixlab import masks
+from mixlab.masks import rfft_frequencies
 from mixlab.methods.base import MixParams
 from mixlab.methods.masking import CutMix, _box_params
 
@@ -65,9 +66,7 @@ def _pool(gray: Tensor, size: int) -> Tensor:
 @functools.lru_cache(maxsize=32)
 def _gaussian_transfer(shape: tuple[int, ...], sigma: float, device: torch.device) -> Tensor:
     """The frequency response of a (circular) Gaussian blur of ``sigma`` positions, on the ``rfftn`` grid."""
-    axes = [torch.fft.fftfreq(s, device=device) for s in shape[:-1]] + [torch.fft.rfftfreq(shape[-1], device=device)]
-    f2 = sum(g.square() for g in torch.meshgrid(*axes, indexing="ij"))
-    return torch.exp(-2.0 * math.pi**2 * sigma**2 * f2)
+    return torch.exp(-2.0 * math.pi**2 * sigma**2 * rfft_frequencies(shape, device).square())
 
 
 def saliency_peaks(x: Tensor, size: int = SALIENCY_SIZE) -> Tensor:
