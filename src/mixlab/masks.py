@@ -269,6 +269,53 @@ def patch_bounds(shape: Shape, scale: np.ndarray, rng: np.random.Generator) -> t
     return lo, lo + sides
 
 
+_INTERPOLATE_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+#: Up to this many positions per sample, resizing by small matrix products beats ``F.interpolate`` on the CPU.
+_MATMUL_RESIZE_MAX = 64 * 64
+
+
+def resize_linear(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Resize the spatial dims of ``(N, C, *spatial)`` to ``size`` by (bi/tri)linear interpolation.
+
+    Same result as ``F.interpolate(x, size, mode="(bi|tri)linear", align_corners=False)``.
+    Small inputs are resized by one small matrix product per dim, which on a
+    CPU is several times faster than ``F.interpolate`` at 32 x 32.
+
+    Example:
+        >>> x = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> torch.allclose(resize_linear(x, (2, 2)), torch.nn.functional.interpolate(x, (2, 2), mode="bilinear"))
+        True
+    """
+    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if math.prod(x.shape[2:]) > _MATMUL_RESIZE_MAX or x.device.type != "cpu":
+        out = torch.nn.functional.interpolate(work, size=size, mode=_INTERPOLATE_MODES[len(size)], align_corners=False)
+        return out.to(x.dtype)
+    mats = [
+        _linear_resize_matrix(s_in, s_out, work.dtype, work.device)
+        for s_in, s_out in zip(x.shape[2:], size, strict=True)
+    ]
+    out = work @ mats[-1].T  # the last dim: a plain matrix product
+    if len(mats) >= 2:  # the one before: from the left, broadcast over the batch
+        out = mats[-2] @ out
+    if len(mats) == 3:  # depth of a volume
+        out = (out.movedim(2, -1) @ mats[0].T).movedim(-1, 2)
+    return out.contiguous().to(x.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_resize_matrix(size_in: int, size_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(size_out, size_in)`` linear-interpolation weights, pixel centres aligned as ``align_corners=False``."""
+    src = ((torch.arange(size_out, dtype=torch.float64) + 0.5) * (size_in / size_out) - 0.5).clamp(min=0.0)
+    low = src.floor().long().clamp(max=size_in - 1)
+    high = (low + 1).clamp(max=size_in - 1)
+    frac = src - low
+    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
+    rows = torch.arange(size_out)
+    matrix.index_put_((rows, low), 1.0 - frac, accumulate=True)
+    matrix.index_put_((rows, high), frac, accumulate=True)
+    return matrix.to(device, dtype)
+
+
 def resized_into_boxes(source: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
     """Resample each ``source[i]`` (``(N, C, *spatial)``) so it fills box ``i``.
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mixlab import masks
@@ -119,20 +118,11 @@ class ResizeMix(Mixer):
         lo, hi = params.extra["lo"], params.extra["hi"]
         if lo.shape[0] == 1:
             region = masks.box_slices(lo, hi)
-            patch = _resize(x, tuple(int(v) for v in (hi - lo)[0])).index_select(0, params.perm)
+            patch = masks.resize_linear(x, tuple(int(v) for v in (hi - lo)[0])).index_select(0, params.perm)
             return _paste_region(x, region, patch, self.inplace)
         resized = masks.resized_into_boxes(x.index_select(0, params.perm), lo, hi)
         out = resized.lerp_(x, params.weight)
         return x.copy_(out) if self.inplace else out
-
-
-_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
-
-
-def _resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    out = F.interpolate(work, size=size, mode=_MODES[len(size)], align_corners=False)
-    return out.to(x.dtype)
 
 
 class FMix(Mixer):
