@@ -278,3 +278,8 @@ def test_random_choice_refuses_member_settings_it_would_ignore(members):
         mixlab.create_mixer("random_choice", mixers=members)
     with pytest.raises(MixlabValueError, match="pairing"):
         mixlab.create_mixer("random_choice", mixers=["mixup", {"name": "mixup", "p": 0.0}], mode="sample")
+
+
+def test_random_choice_cannot_nest():
+    with pytest.raises(MixlabValueError, match="another random_choice"):
+        mixlab.create_mixer("random_choice", mixers=[{"name": "random_choice", "mixers": ["mixup"]}, "cutmix"])

@@ -82,6 +82,8 @@ class RandomChoice(Mixer):
     def _check_members(self) -> None:
         """Settings that belong to the composition must not be set on its members, where they would be ignored."""
         for m in self.mixers:
+            if isinstance(m, RandomChoice):
+                raise MixlabValueError("random_choice cannot contain another random_choice; list its members instead")
             if m.inplace:
                 raise MixlabValueError(f"set inplace on random_choice, not on its member {m.name!r}")
             if self.mode == "sample" and (m.p < 1.0 or not isinstance(m.pairing, RandomPairing)):
@@ -96,6 +98,10 @@ class RandomChoice(Mixer):
         for m in self.mixers:
             m.check(x, y)
 
+    def _check_context(self, context: dict[str, Any]) -> None:
+        for m in self.mixers:
+            m._check_context(context)
+
     def sample(
         self,
         x: Tensor,
@@ -107,6 +113,7 @@ class RandomChoice(Mixer):
     ) -> MixParams:
         """Draw the choice(s), then each chosen mixer's parameters."""
         self.check(x, y)
+        self._check_context(context or {})
         rng = numpy_rng(as_cpu_generator(generator, self.generator))
         if self.mode == "batch":
             if self.p < 1.0 and rng.random() >= self.p:
@@ -157,7 +164,8 @@ class RandomChoice(Mixer):
     def _sample_params(
         self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
     ) -> MixParams:
-        raise MixlabTypeError("RandomChoice draws through its mixers; it cannot be nested inside another RandomChoice")
+        # Unreachable: RandomChoice overrides sample() and refuses to be nested.
+        raise MixlabTypeError("random_choice draws through its members")
 
 
 def _build(spec: MixerSpec) -> Mixer:
