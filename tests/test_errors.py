@@ -283,3 +283,11 @@ def test_random_choice_refuses_member_settings_it_would_ignore(members):
 def test_random_choice_cannot_nest():
     with pytest.raises(MixlabValueError, match="another random_choice"):
         mixlab.create_mixer("random_choice", mixers=[{"name": "random_choice", "mixers": ["mixup"]}, "cutmix"])
+
+
+def test_random_choice_checks_labels_against_its_members_num_classes():
+    mixer = mixlab.create_mixer("random_choice", mixers=[{"name": "mixup", "num_classes": 3}, "cutmix"])
+    with pytest.raises(MixlabValueError, match="num_classes=3"):
+        mixer(torch.randn(2, 1, 4, 4), torch.tensor([0, 3]))
+    with pytest.raises(MixlabValueError, match="different num_classes"):
+        mixlab.create_mixer("random_choice", mixers=[{"name": "mixup", "num_classes": 3}], num_classes=4)

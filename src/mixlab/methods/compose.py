@@ -78,6 +78,16 @@ class RandomChoice(Mixer):
             names = [m.name for m in self.mixers if m.requires]
             raise MixlabValueError(f"mode='sample' cannot mix per sample with methods that need the model: {names}")
         self._check_members()
+        self.num_classes = self._shared_num_classes()
+
+    def _shared_num_classes(self) -> int | None:
+        """One num_classes for the composition and its members, so labels are checked once per batch."""
+        declared = {m.num_classes for m in self.mixers if m.num_classes is not None}
+        if self.num_classes is not None:
+            declared.add(self.num_classes)
+        if len(declared) > 1:
+            raise MixlabValueError(f"random_choice and its members declare different num_classes: {sorted(declared)}")
+        return next(iter(declared), None)
 
     def _check_members(self) -> None:
         """Settings that belong to the composition must not be set on its members, where they would be ignored."""
@@ -93,10 +103,11 @@ class RandomChoice(Mixer):
                 )
 
     def check(self, x: Tensor, y: Tensor) -> None:
-        """Check the batch for the composition and for every member (their num_classes too)."""
+        """Check the batch once (labels read once) and the targets against every member's pairing."""
         super().check(x, y)
-        for m in self.mixers:
-            m.check(x, y)
+        if self.validate:
+            for m in self.mixers:
+                m.pairing.check(y)
 
     def _check_context(self, context: dict[str, Any]) -> None:
         for m in self.mixers:
