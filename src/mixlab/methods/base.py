@@ -21,7 +21,7 @@ import torch
 import torch.utils.data
 
 from mixlab.batch import MixedBatch, check_num_classes, validate_batch
-from mixlab.errors import check_choice, check_int, check_probability
+from mixlab.errors import MixlabValueError, check_choice, check_int, check_probability
 from mixlab.sampling import (
     PairSampler,
     as_cpu_generator,
@@ -212,6 +212,50 @@ class Mixer(ABC):
     def _mix(self, x: torch.Tensor, params: MixParams, context: dict[str, Any]) -> torch.Tensor:
         """Blend by ``params.weight``: ``w * x + (1 - w) * x[perm]``, exact where ``w`` is 0 or 1."""
         return blend(x, params.perm, params.weight, inplace=self.inplace)
+
+    # ------------------------------------------------------------ engine hooks
+    # A training loop asks every mixer the same questions, so that mixers with
+    # parameters or auxiliary losses fit without special cases in the loop.
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the training loop should optimise along with the model (none here).
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().trainable_parameters()
+            []
+        """
+        return []
+
+    def loss_terms(self, mb: MixedBatch, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra loss terms, by name, that the loop adds to the task loss (none here).
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().loss_terms(None, None)
+            {}
+        """
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint beyond the constructor's arguments (none for static mixers).
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().state_dict()
+            {}
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().load_state_dict({})
+        """
+        if state:
+            raise MixlabValueError(f"{self.name} keeps no state; got keys {sorted(state)}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lam={self.lam_sampler!r}, lam_mode={self.lam_mode!r}, p={self.p})"

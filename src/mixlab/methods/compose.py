@@ -102,6 +102,21 @@ class RandomChoice(Mixer):
                     f"not on {m.name!r} (got p={m.p}, pairing={m.pairing.name!r})"
                 )
 
+    def trainable_parameters(self) -> list:
+        """The members' trainable parameters, for the training loop."""
+        return [param for mixer in self.mixers for param in mixer.trainable_parameters()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The members' states, keyed by member index."""
+        return {str(i): state for i, mixer in enumerate(self.mixers) if (state := mixer.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the members' states saved by :meth:`state_dict`."""
+        for key, member_state in state.items():
+            if not key.isdigit() or int(key) >= len(self.mixers):
+                raise MixlabValueError(f"random_choice has {len(self.mixers)} members; got state for member {key!r}")
+            self.mixers[int(key)].load_state_dict(member_state)
+
     def check(self, x: Tensor, y: Tensor) -> None:
         """Check the batch once (labels read once) and the targets against every member's pairing."""
         super().check(x, y)

@@ -1,0 +1,219 @@
+"""Seeded splits, per-class subsets and label noise, applied to the train split by ``load_dataset``.
+
+Every function draws from a ``numpy.random.Generator`` it is given (see :func:`rng_for`); none touches a
+global RNG. Each step has its own stream, so changing one option (say ``val_fraction``) does not change
+which labels another step (say the noise) picks beyond what the changed train set implies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixlab.data.base import DataSplits
+from mixlab.errors import MixlabValueError, check_choice, check_int, check_non_negative, check_probability
+
+NOISE_KINDS = ("symmetric", "flip")
+# One stream per purpose: the seed picks the run, the purpose keeps the steps independent.
+_STREAMS = {"test": 0, "val": 1, "subset": 2, "noise": 3}
+
+
+def rng_for(seed: int, purpose: str) -> np.random.Generator:
+    """The generator for one purpose (``"test"``, ``"val"``, ``"subset"``, ``"noise"``) under ``seed``.
+
+    Example:
+        >>> int(rng_for(0, "val").integers(100)) == int(rng_for(0, "val").integers(100))
+        True
+    """
+    return np.random.default_rng([check_int("seed", seed), _STREAMS[purpose]])
+
+
+def round_half_up(value: float) -> int:
+    """Round to the nearest int, halves up (Python's ``round`` rounds halves to even).
+
+    Example:
+        >>> round_half_up(2.5), round_half_up(0.49)
+        (3, 0)
+    """
+    return int(np.floor(value + 0.5))
+
+
+def stratified_split(labels: np.ndarray | torch.Tensor, fraction: float, rng: np.random.Generator):
+    """Split ``range(N)`` into sorted ``(kept, held)`` index arrays, class by class.
+
+    ``held`` has exactly ``round(fraction * N)`` indices; each class gives ``fraction`` of its samples,
+    the rounding remainder going to the classes with the largest fractional share.
+
+    Example:
+        >>> kept, held = stratified_split(np.array([0, 0, 0, 0, 1, 1, 1, 1]), 0.5, np.random.default_rng(0))
+        >>> len(held), sorted(np.array([0, 0, 0, 0, 1, 1, 1, 1])[held].tolist())
+        (4, [0, 0, 1, 1])
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    quotas = fraction * counts
+    take = np.floor(quotas).astype(np.int64)
+    remainder = round_half_up(fraction * n) - int(take.sum())
+    if remainder > 0:
+        # Largest fractional parts first; ties broken at random so no class is always favoured.
+        order = np.lexsort((rng.random(len(classes)), -(quotas - take)))
+        take[order[:remainder]] += 1
+    held = [rng.choice(np.flatnonzero(inverse == c), size=k, replace=False) for c, k in enumerate(take) if k > 0]
+    held_idx = np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+    return np.setdiff1d(np.arange(n), held_idx), held_idx
+
+
+def random_split(n: int, fraction: float, rng: np.random.Generator):
+    """Split ``range(n)`` into sorted ``(kept, held)`` index arrays with ``round(fraction * n)`` held.
+
+    Example:
+        >>> kept, held = random_split(10, 0.3, np.random.default_rng(0))
+        >>> len(kept), len(held), sorted(kept.tolist() + held.tolist()) == list(range(10))
+        (7, 3, True)
+    """
+    held = np.sort(rng.permutation(n)[: round_half_up(fraction * n)])
+    return np.setdiff1d(np.arange(n), held), held
+
+
+def subset_indices(labels: np.ndarray | torch.Tensor, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices keeping at most ``per_class`` samples of each class (a seeded random choice).
+
+    Example:
+        >>> idx = subset_indices(np.array([0, 0, 0, 1, 1, 2]), 2, np.random.default_rng(0))
+        >>> np.bincount(np.array([0, 0, 0, 1, 1, 2])[idx]).tolist()
+        [2, 2, 1]
+    """
+    labels = np.asarray(labels)
+    kept = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        kept.append(members if len(members) <= per_class else rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+
+
+def add_label_noise(labels: torch.Tensor, num_classes: int, rate: float, kind: str, rng: np.random.Generator):
+    """Return ``(noisy_labels, flipped)``: exactly ``round(rate * N)`` labels changed, at sorted indices ``flipped``.
+
+    ``"symmetric"`` replaces each chosen label by a uniformly drawn *different* class; ``"flip"`` maps
+    class ``c`` to ``(c + 1) mod K`` (pair / class-flip noise).
+
+    Example:
+        >>> y = torch.arange(10) % 5
+        >>> noisy, flipped = add_label_noise(y, 5, 0.3, "flip", np.random.default_rng(0))
+        >>> len(flipped), bool(((y[flipped] + 1) % 5 == noisy[flipped]).all())
+        (3, True)
+    """
+    check_choice("noise_kind", kind, NOISE_KINDS)
+    y = labels.numpy().astype(np.int64)
+    flipped = np.sort(rng.permutation(len(y))[: round_half_up(rate * len(y))])
+    if kind == "flip":
+        y[flipped] = (y[flipped] + 1) % num_classes
+    else:
+        # An offset in 1..K-1 gives a uniform draw over the K-1 other classes.
+        y[flipped] = (y[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
+    return torch.from_numpy(y), flipped
+
+
+def check_train_options(
+    val_fraction: float, subset_per_class: int | None, label_noise: float, noise_kind: str, seed: int
+):
+    """Validate the options ``load_dataset`` applies to the train split; return them normalised.
+
+    Example:
+        >>> check_train_options(0.1, None, 0, "flip", 3)
+        (0.1, None, 0.0, 'flip', 3)
+    """
+    val_fraction = check_non_negative("val_fraction", val_fraction)
+    if val_fraction >= 1.0:
+        raise MixlabValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}")
+    if subset_per_class is not None:
+        subset_per_class = check_int("subset_per_class", subset_per_class, minimum=1)
+    label_noise = check_probability("label_noise", label_noise)
+    noise_kind = check_choice("noise_kind", noise_kind, NOISE_KINDS)
+    return val_fraction, subset_per_class, label_noise, noise_kind, check_int("seed", seed)
+
+
+def apply_train_options(
+    splits: DataSplits,
+    val_fraction: float,
+    subset_per_class: int | None,
+    label_noise: float,
+    noise_kind: str,
+    seed: int,
+) -> DataSplits:
+    """Hold out val, take the per-class subset, then add label noise, all on ``splits.train``, in place.
+
+    Each step records what it did in ``splits.info`` (``"val_split"``, ``"subset"``, ``"label_noise"``).
+    """
+    classification = splits.task == "classification"
+    if val_fraction > 0:
+        _hold_out_val(splits, val_fraction, seed, classification)
+    if subset_per_class is not None:
+        if not classification:
+            raise MixlabValueError(
+                f"subset_per_class={subset_per_class} needs classes; dataset {splits.name!r} is a regression task"
+            )
+        before = len(splits.train)
+        splits.train = splits.train.subset(
+            subset_indices(splits.train.labels, subset_per_class, rng_for(seed, "subset"))
+        )
+        splits.info["subset"] = {
+            "per_class": subset_per_class,
+            "seed": seed,
+            "num_before": before,
+            "num_kept": len(splits.train),
+        }
+    if label_noise > 0:
+        _add_noise(splits, label_noise, noise_kind, seed)
+    splits.info["sizes"] = splits.sizes()
+    return splits
+
+
+def _hold_out_val(splits: DataSplits, fraction: float, seed: int, stratified: bool) -> None:
+    if splits.val is not None:
+        raise MixlabValueError(
+            f"val_fraction={fraction} asks to hold out a validation split, but dataset {splits.name!r} already has one "
+            f"({len(splits.val)} samples); use val_fraction=0"
+        )
+    train, rng = splits.train, rng_for(seed, "val")
+    if stratified:
+        kept, held = stratified_split(train.labels, fraction, rng)
+    else:
+        kept, held = random_split(len(train), fraction, rng)
+    if len(held) == 0 or len(kept) == 0:
+        raise MixlabValueError(
+            f"val_fraction={fraction} of {len(train)} training samples leaves {len(held)} for val and "
+            f"{len(kept)} for train; both need at least one"
+        )
+    splits.train, splits.val = train.subset(kept), train.subset(held)
+    splits.info["val_split"] = {
+        "fraction": fraction,
+        "seed": seed,
+        "stratified": stratified,
+        "num_train": len(kept),
+        "num_val": len(held),
+    }
+
+
+def _add_noise(splits: DataSplits, rate: float, kind: str, seed: int) -> None:
+    if splits.task != "classification" or splits.num_classes is None:
+        raise MixlabValueError(f"label_noise={rate} needs classes; dataset {splits.name!r} is a regression task")
+    if splits.num_classes < 2:
+        raise MixlabValueError(
+            f"label_noise needs at least 2 classes; dataset {splits.name!r} has {splits.num_classes}"
+        )
+    clean = splits.train.labels.clone()
+    noisy, flipped = add_label_noise(clean, splits.num_classes, rate, kind, rng_for(seed, "noise"))
+    splits.train = splits.train.with_labels(noisy)
+    splits.clean_train_y = clean
+    record: dict[str, Any] = {
+        "kind": kind,
+        "rate": rate,
+        "seed": seed,
+        "num_flipped": len(flipped),
+        "flipped": flipped.tolist(),
+    }
+    splits.info["label_noise"] = record

@@ -1,0 +1,20 @@
+"""Fixtures of every test: each runs with its own HOME, no $MIXLAB_DATA and no system data folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import mixlab.data.locate as locate
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test sees the real $MIXLAB_DATA, ~/.cache or /usr/share/datasets unless it asks for them."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv(locate.ENV_VAR, raising=False)
+    monkeypatch.setattr(locate, "SYSTEM_DATA_DIRS", [tmp_path / "system"])
+    return home

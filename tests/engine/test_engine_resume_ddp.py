@@ -1,0 +1,125 @@
+"""A run killed with SIGKILL resumes to the weights of an uninterrupted run; 2-process DDP on gloo."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from engine_fixtures import tiny_config, write_fashion_like
+
+from mixlab.data import load_dataset
+from mixlab.engine import load_config
+from mixlab.engine.checkpoint import load_checkpoint, read_jsonl
+from mixlab.engine.run import build_model
+from mixlab.sampling import derive_seed
+
+
+def child_env() -> dict[str, str]:
+    # the same thread count in every process, so that float sums are the same
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def mixlab_train(config: Path, output: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mixlab", "train", "--config", str(config), "--output", str(output), *extra]
+    return subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    output, _ = proc.communicate(timeout=timeout)
+    text = output.decode()
+    assert proc.returncode == 0, text
+    return text
+
+
+def test_sigkill_after_epoch_one_then_resume_gives_identical_weights(tmp_path):
+    root = write_fashion_like(tmp_path / "data", n_train=2048, n_test=128)
+    config = tiny_config(root, mix={"method": "cutmix"}, train={"epochs": 3, "batch_size": 32})
+    config["data"]["augment"]["hflip"] = True
+    path = write_config(tmp_path / "cutmix.yaml", config)
+
+    finish(mixlab_train(path, tmp_path / "full"))
+
+    killed = tmp_path / "killed"
+    proc = mixlab_train(path, killed)
+    deadline = time.monotonic() + 240
+    while len(read_jsonl(killed / "metrics.jsonl")) < 1:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch was logged"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert not (killed / "final.json").exists(), "the run finished before it could be killed"
+    epochs_done = load_checkpoint(killed / "checkpoint.pt")["epoch"]
+    assert 1 <= epochs_done < 3
+
+    text = finish(mixlab_train(path, killed, "--resume"))
+    assert "finished 3 epochs" in text
+    full, resumed = load_checkpoint(tmp_path / "full" / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    assert [r["epoch"] for r in read_jsonl(killed / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["train_loss"] for r in read_jsonl(killed / "metrics.jsonl")] == [r["train_loss"] for r in full["history"]]
+
+
+WORKER = """
+import os, sys, torch
+from mixlab.engine import load_config, train
+result = train(load_config(sys.argv[1]), sys.argv[2], echo=False)
+torch.save(result.model.state_dict(), os.path.join(sys.argv[3], f"rank{os.environ['RANK']}.pt"))
+"""
+
+
+def initial_test_loss(config: dict) -> float:
+    cfg = load_config(config)
+    splits = load_dataset("fashion_mnist", root=config["data"]["root"])
+    torch.manual_seed(derive_seed(cfg.train.seed, "init"))
+    model = build_model(cfg, splits).eval()
+    from mixlab.data.augment import BatchAugment, channel_stats
+
+    augment = BatchAugment(*channel_stats(splits.train.x))
+    with torch.no_grad():
+        logits = model(augment(splits.test.x, train=False))
+    return float(torch.nn.functional.cross_entropy(logits, splits.test.y))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_two_gloo_ranks_end_with_identical_weights_and_lower_loss(tmp_path):
+    root = write_fashion_like(tmp_path / "data", n_train=1024, n_test=256)
+    config = tiny_config(root, mix={"method": "mixup"}, train={"epochs": 1, "batch_size": 32})
+    path = write_config(tmp_path / "ddp.yaml", config)
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(worker),
+        str(path),
+        str(tmp_path / "out"),
+        str(tmp_path),
+    ]
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), key
+    info = yaml.safe_load((tmp_path / "out" / "run.json").read_text())
+    assert info["world_size"] == 2
+    final = yaml.safe_load((tmp_path / "out" / "final.json").read_text())
+    # every rank saw half the data: 1024 // 2 // 32 = 16 steps each
+    assert final["steps"] == 16
+    start = initial_test_loss(config)
+    assert final["test_loss"] < 0.7 * start and math.isfinite(final["test_loss"])
