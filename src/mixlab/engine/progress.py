@@ -36,19 +36,20 @@ class EpochProgress:
             TextColumn(f"epoch {epoch + 1}/{total_epochs}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]}  {task.fields[ips]:,.0f} img/s"),
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[ips]}"),
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
         )
         self._progress.start()
-        self._task = self._progress.add_task("train", total=steps, loss=float("nan"), acc="-", ips=0.0)
+        self._task = self._progress.add_task("train", total=steps, loss="-", acc="-", ips="- img/s")
 
     def update(self, step: int, *, loss: float, acc: float | None, images_per_s: float) -> None:
         """Move the bar to ``step`` steps done, with running figures."""
         if self._progress is not None:
             shown = "-" if acc is None else f"{acc:.1%}"
-            self._progress.update(self._task, completed=step, loss=loss, acc=shown, ips=images_per_s)
+            ips = f"{images_per_s:,.0f} img/s"
+            self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", acc=shown, ips=ips)
 
     def end_epoch(self, summary: str) -> None:
         """Close the bar and print the epoch's summary line."""
