@@ -1,4 +1,4 @@
-# mixlab: `make test` installs what it needs and runs the tests; `make bench-speed` runs the mixing-speed benchmark.
+# mixlab: `make test` installs what it needs and runs the tests; `make bench-speed` runs the mixing- and engine-speed benchmarks.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # The CPU build of torch; installed first so that `pip install -e .` never pulls a CUDA build.
@@ -19,3 +19,4 @@ lint:
 
 bench-speed: install
 	$(PYTHON) benchmarks/mixing_speed.py
+	$(PYTHON) benchmarks/engine_speed.py

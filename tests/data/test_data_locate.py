@@ -29,7 +29,9 @@ def test_search_paths_order(places):
     bases = [places[k] for k in ("root", "env", "cache", "system")]
     expected = []
     for b in bases:
-        expected += [b / "fashion_mnist", b / "fashion-mnist", b / "fashionmnist", b / "FashionMNIST" / "raw", b]
+        expected += [b / "fashion_mnist", b / "fashion-mnist", b / "fashionmnist", b / "FashionMNIST" / "raw"]
+        if b == places["root"]:  # only the explicit root may hold the files itself
+            expected.append(b)
     assert paths == expected
 
 
@@ -50,10 +52,13 @@ def test_each_level_is_found_alone(places):
 
 def test_base_itself_and_torchvision_layout(places):
     write_idx_dataset(places["env"])
-    assert find_data("mnist") == places["env"]
+    with pytest.raises(DataNotFoundError):  # a shared base holding IDX files directly could be MNIST or Fashion-MNIST
+        find_data("mnist")
+    assert find_data("mnist", places["env"]) == places["env"]  # named explicitly as the root: accepted
     write_idx_dataset(places["cache"] / "MNIST" / "raw")
-    assert find_data("mnist") == places["env"]  # env comes before the cache
-    assert find_data("mnist", places["cache"]) == places["cache"] / "MNIST" / "raw"
+    assert find_data("mnist") == places["cache"] / "MNIST" / "raw"
+    write_idx_dataset(places["env"] / "mnist")
+    assert find_data("mnist") == places["env"] / "mnist"  # env comes before the cache
 
 
 def test_incomplete_folder_is_skipped(places):

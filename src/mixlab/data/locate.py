@@ -6,7 +6,8 @@ Data is looked for, in order, under
 3. ``~/.cache/mixlab/data`` (the user cache, where ``mixlab data fetch`` writes),
 4. the system locations in :data:`SYSTEM_DATA_DIRS` (Debian's ``dataset-*`` packages install to
    ``/usr/share/datasets/<name>``).
-Under each base ``B`` the candidates are ``B/<name>``, ``B/<alias>`` for each alias, then ``B`` itself.
+Under each base ``B`` the candidates are ``B/<name>`` and ``B/<alias>`` for each alias; the
+explicit root may also hold the files itself.
 """
 
 from __future__ import annotations
@@ -87,16 +88,22 @@ def writable_bases(root: str | os.PathLike | None = None) -> list[Path]:
 
 
 def candidate_dirs(names: Sequence[str], root: str | os.PathLike | None = None) -> list[Path]:
-    """``B/<name>`` for each of ``names`` (the name, then its aliases), then ``B``, for each base ``B``.
+    """``B/<name>`` for each of ``names`` (the name, then its aliases) for each base ``B``; ``root`` itself too.
+
+    Only the explicitly given ``root`` may hold the files directly: in a shared
+    base (``$MIXLAB_DATA``, the cache, the system folders) MNIST's and
+    Fashion-MNIST's identical file names would otherwise be taken for each other.
 
     Example:
         >>> [str(p) for p in candidate_dirs(["toy"], "/d")][:2]
         ['/d/toy', '/d']
     """
     out = []
+    explicit = Path(root).expanduser() if root is not None else None
     for base in search_bases(root):
         out.extend(base / n for n in names)
-        out.append(base)
+        if base == explicit:
+            out.append(base)
     return _unique(out)
 
 
