@@ -41,6 +41,10 @@ class UnknownNameError(MixlabValueError):
         super().__init__(f"unknown {kind} {name!r}; known: {', '.join(self.known)}")
 
 
+class MissingDependencyError(MixlabError, ImportError):
+    """An optional dependency needed for what was asked is not installed (or cannot be imported)."""
+
+
 def check_probability(name: str, value: float) -> float:
     """Return ``value`` as a float if it is a probability in [0, 1], else raise.
 

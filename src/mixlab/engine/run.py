@@ -32,7 +32,7 @@ from mixlab.engine.config import RunConfig, config_diff, config_to_dict
 from mixlab.engine.distributed import DistInfo, barrier, setup_distributed
 from mixlab.engine.loop import LoopSettings, Trainer
 from mixlab.engine.progress import EpochProgress
-from mixlab.errors import MixlabError, MixlabValueError
+from mixlab.errors import MissingDependencyError, MixlabValueError
 from mixlab.models import create_model
 from mixlab.sampling import derive_seed
 from mixlab.schedules import ScheduledMixer
@@ -198,7 +198,7 @@ def _tensorboard(out: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise MixlabError(
+        raise MissingDependencyError(
             "train.tensorboard needs the tensorboard package: pip install 'mixlab[tensorboard]'"
         ) from None
     return SummaryWriter(str(out / "tensorboard"))

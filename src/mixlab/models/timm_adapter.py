@@ -12,12 +12,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mixlab.errors import MixlabError, MixlabTypeError, MixlabValueError
+from mixlab.errors import MissingDependencyError, MixlabTypeError, MixlabValueError
 from mixlab.models.base import INPUT, Backbone, parse_input_size
-
-
-class MissingDependencyError(MixlabError, ImportError):
-    """An optional dependency needed for what was asked is not installed (or cannot be imported)."""
 
 
 def import_timm() -> Any:
