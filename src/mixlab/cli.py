@@ -76,14 +76,17 @@ def train(
     """Train a model with a mixing method, as a recipe says. Works under torchrun for DDP."""
     from mixlab.engine import load_config
     from mixlab.engine import train as run_training
+    from mixlab.engine.distributed import teardown_distributed
 
     with _reported():
-        settings = list(overrides or [])
+        cfg = load_config(config, list(overrides or []))
         if data_root is not None:
-            settings.append(f"data.root={data_root}")
-        cfg = load_config(config, settings)
+            cfg.data.root = str(data_root)  # a path, never parsed as YAML
         target = output if output is not None else Path("runs") / (cfg.name or "run")
-        result = run_training(cfg, target, resume=resume, overwrite=overwrite)
+        try:
+            result = run_training(cfg, target, resume=resume, overwrite=overwrite)
+        finally:
+            teardown_distributed()
     _print_final(result.final, target)
 
 

@@ -53,7 +53,8 @@ def test_cifar100_recipe_mirrors_the_openmixup_setting():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("train.epochz=3", ["train.epochz", "Extra inputs are not permitted"]),
+        ("train.epochz=3", ["train.epochz", "unknown key; accepted: amp, batch_size, channels_last", "epochs"]),
+        ("mix.schedule=[{kind: warmup, option: {}}]", ["mix.schedule.0.option", "accepted: kind, options"]),
         ("train.epochs=three", ["train.epochs", "'three'", "integer"]),
         ("train.epochs=0", ["train.epochs", "greater than 0", "got 0"]),
         ("optim.lr=-0.1", ["optim.lr", "greater than 0", "-0.1"]),
@@ -72,6 +73,11 @@ def test_bad_values_name_the_key_and_value(override, expected):
         load_config({"mix": {"method": "cutmix"}}, [override])
     for fragment in expected:
         assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_model_aliases_are_accepted():
+    assert load_config(None, ["model.name=wrn_28_10"]).model.name == "wrn_28_10"
+    assert load_config(None, ["model.name=timm:resnet18"]).model.name == "timm:resnet18"
 
 
 def test_every_problem_is_reported_at_once():

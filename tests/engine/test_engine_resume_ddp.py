@@ -69,14 +69,33 @@ def test_sigkill_after_epoch_one_then_resume_gives_identical_weights(tmp_path):
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert [r["epoch"] for r in read_jsonl(killed / "metrics.jsonl")] == [1, 2, 3]
+    info = yaml.safe_load((killed / "run.json").read_text())
+    assert [r["after_epoch"] for r in info["resumes"]] == [epochs_done] and "--resume" not in info["argv"]
     assert [r["train_loss"] for r in read_jsonl(killed / "metrics.jsonl")] == [r["train_loss"] for r in full["history"]]
 
 
 WORKER = """
 import os, sys, torch
+from mixlab import Mixup
 from mixlab.engine import load_config, train
+from mixlab.methods import MIXERS
+
+class LearnedMixup(Mixup):
+    # one trainable scalar whose gradient depends on each rank's own batch
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+    def trainable_parameters(self):
+        return [self.weight]
+    def loss_terms(self, mb, outputs):
+        return {"probe": 0.01 * self.weight * outputs.float().mean()}
+    def state_dict(self):
+        return {"weight": self.weight.detach().clone()}
+
+MIXERS["learned_mixup"] = LearnedMixup
 result = train(load_config(sys.argv[1]), sys.argv[2], echo=False)
 torch.save(result.model.state_dict(), os.path.join(sys.argv[3], f"rank{os.environ['RANK']}.pt"))
+torch.save(result.mixer_state, os.path.join(sys.argv[3], f"mixer{os.environ['RANK']}.pt"))
 """
 
 
@@ -97,7 +116,7 @@ def initial_test_loss(config: dict) -> float:
 def test_two_gloo_ranks_end_with_identical_weights_and_lower_loss(tmp_path):
     root = write_fashion_like(tmp_path / "data", n_train=1024, n_test=256)
     config = tiny_config(root, mix={"method": "mixup"}, train={"epochs": 1, "batch_size": 32})
-    path = write_config(tmp_path / "ddp.yaml", config)
+    path = write_config(tmp_path / "ddp.yaml", {**config, "mix": {"method": "learned_mixup"}})
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     command = [
@@ -116,6 +135,9 @@ def test_two_gloo_ranks_end_with_identical_weights_and_lower_loss(tmp_path):
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for key, value in rank0.items():
         assert torch.equal(value, rank1[key]), key
+    mixer0, mixer1 = torch.load(tmp_path / "mixer0.pt"), torch.load(tmp_path / "mixer1.pt")
+    assert float(mixer0["weight"]) != 0.0 and torch.equal(mixer0["weight"], mixer1["weight"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pt") == ["mixer0.pt", "mixer1.pt", "rank0.pt", "rank1.pt"]
     info = yaml.safe_load((tmp_path / "out" / "run.json").read_text())
     assert info["world_size"] == 2
     final = yaml.safe_load((tmp_path / "out" / "final.json").read_text())

@@ -136,6 +136,28 @@ def test_refusals_leave_existing_outputs_untouched(data_root, tmp_path):
     assert len(read_jsonl(out / "metrics.jsonl")) == 1
 
 
+def test_missing_tensorboard_refuses_before_touching_a_finished_run(data_root, tmp_path):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorboard is installed here")
+    out = tmp_path / "run"
+    config = tiny_config(data_root, train={"epochs": 1, "max_steps_per_epoch": 2})
+    run(config, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(mixlab.errors.MissingDependencyError, match=r"mixlab\[tensorboard\]"):
+        run(tiny_config(data_root, train={"epochs": 1, "tensorboard": True}), out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_batch_larger_than_the_data_is_refused(data_root, tmp_path):
+    with pytest.raises(mixlab.MixlabError, match=r"train\.batch_size is 1024 but .* 512 training samples"):
+        run(tiny_config(data_root, train={"batch_size": 1024}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_unfinished_run_needs_resume(data_root, tmp_path):
     out = tmp_path / "run"
     run(tiny_config(data_root, train={"epochs": 1, "max_steps_per_epoch": 2}), out)

@@ -98,6 +98,8 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator | None = Non
         >>> random_crop(x, 1, torch.Generator().manual_seed(0)).shape
         torch.Size([1, 1, 4, 4])
     """
+    if x.ndim not in (3, 4):
+        raise MixlabValueError(f"random crops take (N, C, L) or (N, C, H, W) inputs; got shape {tuple(x.shape)}")
     n, c = x.shape[:2]
     spatial = x.shape[2:] if x.ndim == 4 else x.shape[-1:]
     padded = torch.nn.functional.pad(x, (padding,) * (2 * len(spatial)))

@@ -93,9 +93,7 @@ def build_objective(mix: MixConfig, task: str) -> Objective:
         raise MixlabValueError(f"a regression dataset needs mix.loss: mse; got {mix.loss!r}")
     if task == "classification" and mix.loss == "mse":
         raise MixlabValueError("mix.loss: mse is for regression; use ce (or bce) for classification")
-    if mix.loss == "rankmixup" and options.get("mode", "mrl") != "mrl":
-        raise MixlabValueError(f"the engine trains RankMixup in mode 'mrl'; got mode={options['mode']!r}")
-    _check_loss_options(mix.loss, options)
+    check_loss_options(mix.loss, options)
 
     def single(loss_fn: Callable[..., Tensor]) -> Objective:
         def objective(model: nn.Module, x: Tensor, y: Tensor, mb: MixedBatch) -> tuple[Tensor, Tensor]:
@@ -142,11 +140,19 @@ _LOSS_OPTIONS = {
 }
 
 
-def _check_loss_options(loss: str, options: dict[str, Any]) -> None:
+def check_loss_options(loss: str, options: dict[str, Any]) -> None:
+    """Refuse options the loss does not take (listing those it does), and RankMixup modes the engine cannot train.
+
+    Example:
+        >>> check_loss_options("decoupled", {"eta": 0.2})
+    """
     unknown = sorted(set(options) - set(_LOSS_OPTIONS[loss]))
     if unknown:
         accepted = ", ".join(_LOSS_OPTIONS[loss]) or "none"
         raise MixlabTypeError(f"mix.loss_options for {loss!r}: unknown {', '.join(unknown)}; accepted: {accepted}")
+    if loss == "rankmixup" and options.get("mode", "mrl") != "mrl":
+        # M-NDCG ranks several mixed batches per clean one; the loop mixes each batch once
+        raise MixlabValueError(f"the engine trains RankMixup in mode 'mrl'; got mode={options['mode']!r}")
 
 
 # ------------------------------------------------------------------ optimisation

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -75,11 +75,9 @@ class ModelConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from mixlab.models import list_models
+        from mixlab.models import is_known_model, list_models
 
-        if name.startswith("timm:") and len(name) > len("timm:"):
-            return name
-        return _known("model", name, list_models())
+        return name if is_known_model(name) else _known("model", name, list_models())
 
 
 class ScheduleConfig(_Strict):
@@ -115,10 +113,11 @@ class MixConfig(_Strict):
 
     @model_validator(mode="after")
     def _buildable(self) -> MixConfig:
-        from mixlab.engine.builders import build_mixer
+        from mixlab.engine.builders import build_mixer, check_loss_options
 
         if self.method != NO_MIXING:
             _as_value_error(build_mixer, self, None)
+        _as_value_error(check_loss_options, self.loss, self.loss_options)
         return self
 
 
@@ -164,6 +163,7 @@ class TrainConfig(_Strict):
     progress: Literal["auto", "on", "off"] = "auto"
     tensorboard: bool = False
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (default: torch's choice)")
+    deterministic: bool = Field(False, description="deterministic kernels (cuDNN, cuBLAS): exact resume on CUDA, slower")
 
     @field_validator("progress", "channels_last", mode="before")
     @classmethod
@@ -278,15 +278,33 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 
 def format_validation_error(err: ValidationError, where: str = "config") -> str:
-    """One line per problem: ``key.path: what is wrong; got VALUE``."""
+    """One line per problem: ``key.path: what is wrong; got VALUE`` (unknown keys list the accepted ones)."""
     lines = [f"{where}: {err.error_count()} problem(s):"]
     for problem in err.errors():
         path = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = f"unknown key; accepted: {', '.join(_section_keys(problem['loc'][:-1]))}"
         seen = problem.get("input")
         shown = "" if isinstance(seen, dict) or problem["type"] == "missing" else f"; got {seen!r}"
         lines.append(f"  {path}: {message}{shown}")
     return "\n".join(lines)
+
+
+def _section_keys(loc: tuple) -> list[str]:
+    """The keys accepted by the config section at ``loc`` (e.g. ``("train",)`` or ``("mix", "schedule", 0)``)."""
+    section: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):  # an item of a list of sections
+            continue
+        field = section.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *get_args(annotation)]
+        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not models:
+            return []
+        section = models[0]
+    return sorted(section.model_fields)
 
 
 def config_to_dict(config: RunConfig) -> dict:

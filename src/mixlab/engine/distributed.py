@@ -72,6 +72,11 @@ def setup_distributed(device_name: str = "auto") -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and device_name.startswith("cuda:"):
+        raise MixlabValueError(
+            f"train.device is {device_name!r}, which would put all {world_size} ranks on one GPU; "
+            "use cuda or auto under torchrun (each rank takes the GPU of its LOCAL_RANK)"
+        )
     device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -99,6 +104,32 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def broadcast_tensors(tensors: list[torch.Tensor]) -> None:
+    """Overwrite each tensor with rank 0's values, in place (a no-op in a single process).
+
+    Example:
+        >>> broadcast_tensors([torch.ones(2)])
+    """
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
+
+
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its mean over ranks (for parameters outside DDP's wrapper).
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(1)); p.grad = torch.ones(1); average_gradients([p]); p.grad.tolist()
+        [1.0]
+    """
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad /= dist.get_world_size()
 
 
 def broadcast_object(value: object) -> object:

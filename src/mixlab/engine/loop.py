@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from mixlab.batch import MixedBatch
 from mixlab.data.augment import BatchAugment
 from mixlab.engine.builders import Objective
-from mixlab.engine.distributed import DistInfo, all_reduce_sum
+from mixlab.engine.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_tensors
 from mixlab.engine.progress import EpochProgress
 from mixlab.sampling import derive_seed
 from mixlab.schedules import ScheduledMixer
@@ -105,6 +105,7 @@ class Trainer:
         self.dist, self.settings = dist, settings
         self.progress = progress or EpochProgress(enabled=False, echo=False)
         self.on_epoch_end = list(on_epoch_end)
+        self.mixer_params = self.mixer.mixer.trainable_parameters() if self.mixer is not None else []
         self.state = TrainState()
         fp16 = settings.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=fp16)
@@ -173,11 +174,14 @@ class Trainer:
     def evaluate(self, loader: Any) -> dict[str, float]:
         """Loss and accuracy (classification) or MSE/RMSE/MAE in the targets' units (regression)."""
         self.model.eval()
+        # Every rank evaluates with rank 0's buffers (BN statistics drift apart in the last training
+        # forward); the bare module is used so that a rank with no evaluation batch cannot hang DDP.
+        broadcast_tensors(list(self.module.buffers()))
         sums = torch.zeros(3, dtype=torch.float64, device=self.dist.device)
         for x, y in loader:
             inputs = self._prepare(self.augment(x, train=False))
             with self._autocast():
-                outputs = self.model(inputs).float()
+                outputs = self.module(inputs).float()
             sums += self._eval_sums(outputs, y)
         total, second, count = all_reduce_sum(sums).tolist()
         count = max(count, 1)
@@ -228,6 +232,8 @@ class Trainer:
                     loss = loss + term
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.mixer_params and self.dist.distributed:
+            average_gradients(self.mixer_params)  # DDP averages the model's gradients, not the mixer's
         if self.settings.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for group in self.optimizer.param_groups for p in group["params"]]

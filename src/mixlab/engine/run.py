@@ -29,7 +29,7 @@ from mixlab.data.loader import FolderLoader, TensorLoader
 from mixlab.engine import checkpoint as ckpt
 from mixlab.engine.builders import build_mixer, build_objective, build_optimizer, build_schedule, lr_factor
 from mixlab.engine.config import RunConfig, config_diff, config_to_dict
-from mixlab.engine.distributed import DistInfo, barrier, setup_distributed
+from mixlab.engine.distributed import DistInfo, barrier, broadcast_tensors, setup_distributed
 from mixlab.engine.loop import LoopSettings, Trainer
 from mixlab.engine.progress import EpochProgress
 from mixlab.errors import MissingDependencyError, MixlabValueError
@@ -38,7 +38,7 @@ from mixlab.sampling import derive_seed
 from mixlab.schedules import ScheduledMixer
 
 #: config keys that may change between a run and its resumption (they do not affect the result).
-RESUMABLE_CHANGES = ("train.progress", "train.threads", "data.workers", "data.root")
+RESUMABLE_CHANGES = ("name", "train.progress", "data.workers", "data.root")
 
 
 class RunRefusedError(MixlabValueError):
@@ -47,12 +47,13 @@ class RunRefusedError(MixlabValueError):
 
 @dataclass
 class RunResult:
-    """What :func:`train` returns: the trained model (unwrapped), per-epoch records, final metrics."""
+    """What :func:`train` returns: the trained model (unwrapped), per-epoch records, final metrics, the mixer's state."""
 
     model: nn.Module
     history: list[dict[str, Any]]
     final: dict[str, Any]
     output: Path | None
+    mixer_state: dict[str, Any]
 
 
 def train(
@@ -79,10 +80,19 @@ def train(
     dist = setup_distributed(config.train.device)
     out = Path(output) if output is not None else None
     resume_state = _check_output(config, out, resume=resume, overwrite=overwrite)
+    if config.train.tensorboard:
+        _tensorboard_writer_class()  # fail now, before any output is touched
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    if config.train.deterministic:
+        use_deterministic_kernels()
     splits = _load_data(config)
     trainer = _build_trainer(config, splits, dist, progress, echo)
+    if trainer.steps_per_epoch == 0:
+        raise MixlabValueError(
+            f"train.batch_size is {config.train.batch_size} but each of the {dist.world_size} process(es) has only "
+            f"{len(splits.train) // dist.world_size} training samples: an epoch would have no step; lower the batch size"
+        )
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
     if out is not None and dist.is_main:
@@ -93,7 +103,7 @@ def train(
     final = _final_metrics(trainer, history)
     if out is not None and dist.is_main:
         ckpt.atomic_write_text(out / ckpt.FINAL, json.dumps(final, indent=2))
-    return RunResult(trainer.module, history, final, out)
+    return RunResult(trainer.module, history, final, out, trainer.state_dict()["mixer"])
 
 
 # ------------------------------------------------------------------ output directory
@@ -145,9 +155,11 @@ def _start_outputs(
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write_text(out / ckpt.CONFIG, yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    info = run_info(dist)
-    info["data"] = splits.info
-    info["resumed_after_epoch"] = len(history)
+    if fresh or not (out / ckpt.RUN_INFO).is_file():
+        info = {**run_info(dist), "data": splits.info, "resumes": []}
+    else:  # keep the original launch facts; record this resumption
+        info = json.loads((out / ckpt.RUN_INFO).read_text())
+        info.setdefault("resumes", []).append({**run_info(dist), "after_epoch": len(history)})
     ckpt.atomic_write_text(out / ckpt.RUN_INFO, json.dumps(info, indent=2, default=str))
     # the metrics log restarts from the checkpoint's history: an epoch redone after a kill is logged once
     ckpt.atomic_write_text(out / ckpt.METRICS, "".join(json.dumps(record) + "\n" for record in history))
@@ -195,13 +207,17 @@ def _writer(config: RunConfig, out: Path) -> Any:
 
 
 def _tensorboard(out: Path) -> Any:
+    return _tensorboard_writer_class()(str(out / "tensorboard"))
+
+
+def _tensorboard_writer_class() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise MissingDependencyError(
             "train.tensorboard needs the tensorboard package: pip install 'mixlab[tensorboard]'"
         ) from None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter
 
 
 # ------------------------------------------------------------------ building the run
@@ -234,6 +250,9 @@ def _build_trainer(config: RunConfig, splits: DataSplits, dist: DistInfo, progre
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     mixer = build_mixer(config.mix, model, seed=derive_seed(config.train.seed, "mixer", dist.rank))
+    if mixer is not None:
+        mixer.to(dist.device)
+        broadcast_tensors([p.data for p in mixer.trainable_parameters()])  # one starting point on every rank
     scheduled = None if mixer is None else ScheduledMixer(mixer, build_schedule(_seeded_schedule(config)))
     params = list(model.parameters()) + (mixer.trainable_parameters() if mixer is not None else [])
     optimizer = build_optimizer(params, config.optim)
@@ -306,6 +325,18 @@ def _loop_settings(config: RunConfig, splits: DataSplits, dist: DistInfo) -> Loo
     )
 
 
+def use_deterministic_kernels() -> None:
+    """Ask torch, cuDNN and cuBLAS for deterministic kernels (``train.deterministic``).
+
+    On CUDA this is what makes a resumed run match an uninterrupted one
+    exactly; kernels without a deterministic version warn instead of failing.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device`` (``None``: full precision).
 
@@ -346,7 +377,7 @@ def _augment(config: RunConfig, splits: DataSplits) -> BatchAugment:
     mean = std = None
     if aug.normalize and isinstance(splits.train, ArrayData):
         mean, std = channel_stats(splits.train.x)
-    elif aug.normalize:  # lazily read folders: ImageNet-like defaults rather than a full pass over the files
+    elif aug.normalize:  # lazily read folders: fixed statistics rather than a full pass over the files
         mean, std = [0.5] * splits.input_shape[0], [0.25] * splits.input_shape[0]
     return BatchAugment(mean, std, crop_padding=aug.crop_padding, hflip=aug.hflip, vflip=aug.vflip)
 

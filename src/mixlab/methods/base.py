@@ -237,6 +237,16 @@ class Mixer(ABC):
         """
         return {}
 
+    def to(self, device: torch.device | str) -> Mixer:
+        """Move the mixer's own parameters and buffers to ``device`` (none here); returns the mixer.
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().to("cpu").name
+            'mixup'
+        """
+        return self
+
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint beyond the constructor's arguments (none for static mixers).
 

@@ -106,6 +106,12 @@ class RandomChoice(Mixer):
         """The members' trainable parameters, for the training loop."""
         return [param for mixer in self.mixers for param in mixer.trainable_parameters()]
 
+    def to(self, device: Any) -> RandomChoice:
+        """Move every member to ``device``."""
+        for mixer in self.mixers:
+            mixer.to(device)
+        return self
+
     def state_dict(self) -> dict[str, Any]:
         """The members' states, keyed by member index."""
         return {str(i): state for i, mixer in enumerate(self.mixers) if (state := mixer.state_dict())}

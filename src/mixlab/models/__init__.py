@@ -57,6 +57,16 @@ def list_models() -> list[str]:
     return [*sorted(MODELS), f"{TIMM_PREFIX}<name>"]
 
 
+def is_known_model(name: str) -> bool:
+    """Whether :func:`create_model` accepts ``name`` (registry names, ``wrn_<depth>_<k>``, ``timm:<name>``).
+
+    Example:
+        >>> is_known_model("wrn_28_10"), is_known_model("resnet9000")
+        (True, False)
+    """
+    return name in MODELS or bool(_WRN_ALIAS.fullmatch(name)) or (name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX))
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -133,6 +143,7 @@ __all__ = [
     "cnn_small",
     "count_parameters",
     "create_model",
+    "is_known_model",
     "list_models",
     "mlp",
     "preact_resnet18",
