@@ -67,7 +67,12 @@ class TensorLoader:
         if x.shape[0] != y.shape[0]:
             raise MixlabTypeError(f"x and y must have the same length; got {x.shape[0]} and {y.shape[0]}")
         self.x, self.y = x.to(device), y.to(device)
-        self.size = x.shape[0]
+        self._set_order(x.shape[0], batch_size, shuffle, drop_last, seed, rank, world_size)
+
+    def _set_order(
+        self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int, world_size: int
+    ) -> None:
+        self.size = size
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -148,12 +153,8 @@ class FolderLoader(TensorLoader):
         workers: int = 2,
     ):
         self.dataset = dataset
-        self.size = len(dataset)
+        self._set_order(len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size)
         self.device = torch.device(device)
-        self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
         workers = check_int("workers", workers)
         self._loader = torch.utils.data.DataLoader(
             dataset,
