@@ -10,12 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mixlab.data.locate import atomic_output
 from mixlab.errors import MixlabValueError
 
 CHECKPOINT = "checkpoint.pt"
@@ -34,18 +34,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         >>> atomic_write_bytes(p, b"hi"); p.read_bytes()
         b'hi'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the rename makes it visible
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -132,15 +132,6 @@ def average_gradients(params: list[torch.Tensor]) -> None:
             param.grad /= dist.get_world_size()
 
 
-def broadcast_object(value: object) -> object:
-    """Rank 0's ``value`` on every rank (a no-op in a single process)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        holder = [value]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-    return value
-
-
 def barrier() -> None:
     """Wait for every rank (a no-op in a single process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:
