@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
     echo: bool = True,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Run the training described by ``config``; outputs go to ``output`` (nothing written when ``None``).
 
@@ -76,6 +78,7 @@ def train(
         resume: continue from ``output/checkpoint.pt``; refused if the config differs.
         overwrite: replace a finished (or unfinished) run in ``output``.
         progress: show the live bar (``None``: when stderr is a terminal and ``train.progress`` is auto).
+        on_epoch_end: called on the main process with each epoch's record, after the checkpoint is written.
     """
     dist = setup_distributed(config.train.device)
     out = Path(output) if output is not None else None
@@ -86,7 +89,7 @@ def train(
         torch.set_num_threads(config.train.threads)
     if config.train.deterministic:
         use_deterministic_kernels()
-    splits = _load_data(config)
+    splits = load_run_data(config)
     trainer = _build_trainer(config, splits, dist, progress, echo)
     if trainer.steps_per_epoch == 0:
         raise MixlabValueError(
@@ -98,6 +101,8 @@ def train(
     if out is not None and dist.is_main:
         _start_outputs(config, out, dist, splits, trainer.state.history, overwrite=overwrite)
         trainer.on_epoch_end.append(_writer(config, out))
+    if on_epoch_end is not None and dist.is_main:
+        trainer.on_epoch_end.append(lambda _trainer, record: on_epoch_end(dict(record)))
     barrier()
     history = trainer.fit()
     final = _final_metrics(trainer, history)
@@ -223,7 +228,14 @@ def _tensorboard_writer_class() -> Any:
 # ------------------------------------------------------------------ building the run
 
 
-def _load_data(config: RunConfig) -> DataSplits:
+def load_run_data(config: RunConfig) -> DataSplits:
+    """The splits a run trains and evaluates on: ``config.data`` read, split, subset and noised.
+
+    Example:
+        >>> cfg = RunConfig.model_validate({"data": {"name": "digits"}, "model": {"name": "mlp"}})
+        >>> load_run_data(cfg).num_classes
+        10
+    """
     data = config.data
     return load_dataset(
         data.name,
@@ -272,7 +284,7 @@ def _build_trainer(config: RunConfig, splits: DataSplits, dist: DistInfo, progre
         wrapped,
         train_loader=train_loader,
         eval_loaders=eval_loaders,
-        augment=_augment(config, splits),
+        augment=build_augment(config, splits),
         mixer=scheduled,
         objective=build_objective(config.mix, splits.task),
         optimizer=optimizer,
@@ -372,7 +384,15 @@ def _seeded_schedule(config: RunConfig) -> list:
     return parts
 
 
-def _augment(config: RunConfig, splits: DataSplits) -> BatchAugment:
+def build_augment(config: RunConfig, splits: DataSplits) -> BatchAugment:
+    """The run's batch augmentation and normalisation; ``augment(x, train=False)`` only normalises.
+
+    Example:
+        >>> cfg = RunConfig.model_validate({"data": {"name": "digits"}, "model": {"name": "mlp"}})
+        >>> aug = build_augment(cfg, load_run_data(cfg))
+        >>> aug.mean.shape  # one statistic per input channel (each of the 64 pixels here)
+        torch.Size([64])
+    """
     aug = config.data.augment
     mean = std = None
     if aug.normalize and isinstance(splits.train, ArrayData):

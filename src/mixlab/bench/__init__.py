@@ -1,0 +1,1 @@
+"""Benchmarks: suites of runs, the results store, the runner and the report."""

@@ -1,0 +1,312 @@
+"""Run a suite: skip what the store already holds, train and evaluate the rest, record everything.
+
+Runs go one after another in this process (``workers=1``) or in ``workers``
+spawned processes. Either way this process alone writes to the store, each
+write one transaction: a run is marked running when it starts, its epochs are
+logged as they end, and its evaluation metrics land with the ``finished``
+status in one commit. A killed suite therefore keeps every finished run, and
+the next launch redoes the interrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue as queue_module
+import socket
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixlab.bench.store import ResultStore
+from mixlab.bench.suite import RunSpec, SuiteError, SuitePlan
+from mixlab.engine.config import config_diff, config_to_dict
+from mixlab.engine.distributed import DistInfo, resolve_device
+from mixlab.engine.run import RESUMABLE_CHANGES, build_augment, load_run_data, run_info, train
+from mixlab.evaluate import evaluate_classifier
+
+Event = tuple[str, str, Any]  # (kind, run key, payload): ("start" | "epoch" | "done" | "failed", key, ...)
+
+
+@dataclass
+class SuiteOutcome:
+    """What :func:`run_suite` did: keys finished now, skipped (already in the store), failed."""
+
+    finished: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+class NullDisplay:
+    """The display interface :func:`run_suite` drives; this one shows nothing."""
+
+    def start(self, total_runs: int, skipped: int, total_epochs: int, workers: int) -> None:
+        """The suite begins: ``total_runs`` to do, ``skipped`` already done."""
+
+    def run_started(self, spec: RunSpec) -> None:
+        """A run begins."""
+
+    def epoch_done(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        """A run finished an epoch."""
+
+    def run_done(self, spec: RunSpec, metrics: dict[str, Any] | None, error: str | None) -> None:
+        """A run finished (``metrics``) or failed (``error``)."""
+
+    def stop(self) -> None:
+        """The suite is over (or interrupted)."""
+
+
+def run_suite(
+    plan: SuitePlan,
+    store: ResultStore,
+    *,
+    output: str | os.PathLike = "runs",
+    workers: int = 1,
+    display: NullDisplay | None = None,
+) -> SuiteOutcome:
+    """Run the runs of ``plan`` the store does not hold as finished; return what happened.
+
+    Args:
+        output: run directories (checkpoints, logs) go to ``output/<suite>/<run key>``.
+        workers: runs trained at once, each in its own process (1: in this process).
+        display: receives progress events (see :class:`NullDisplay`).
+
+    Example (shell)::
+
+        mixlab bench --suite quick --workers 2
+    """
+    if workers < 1:
+        raise SuiteError(f"--workers must be at least 1; got {workers}")
+    display = display or NullDisplay()
+    started = time.perf_counter()
+    outcome = SuiteOutcome()
+    todo = _runs_to_do(plan, store, outcome)
+    store.save_suite(plan.suite.name, plan.suite.model_dump(mode="json"))
+    base = Path(output) / plan.suite.name
+    display.start(len(todo), len(outcome.skipped), sum(s.config.train.epochs for s in todo), workers)
+    handler = _EventHandler(plan.suite.name, store, {s.key: s for s in todo}, base, display, outcome)
+    try:
+        if workers == 1 or len(todo) <= 1:
+            for spec in todo:
+                execute_run(spec, str(base / spec.key), handler.handle)
+        else:
+            _run_in_processes(todo, base, workers, handler)
+    finally:
+        display.stop()
+    outcome.wall_time_s = time.perf_counter() - started
+    return outcome
+
+
+def _runs_to_do(plan: SuitePlan, store: ResultStore, outcome: SuiteOutcome) -> list[RunSpec]:
+    """Runs not finished with the same config; refuse if another live process is running one of them."""
+    todo = []
+    for spec in plan.runs:
+        row = store.run_status(plan.suite.name, spec.key)
+        if row is not None and row["status"] == "running" and _alive_elsewhere(row):
+            raise SuiteError(
+                f"run {spec.key!r} of suite {plan.suite.name!r} is being run by process {row['pid']} on this "
+                f"machine (store {str(store.path)!r}); wait for it to end or use another --store"
+            )
+        if row is not None and row["status"] == "finished" and _same_config(row["config"], spec):
+            outcome.skipped.append(spec.key)
+        else:
+            todo.append(spec)
+    return todo
+
+
+def _alive_elsewhere(row: dict[str, Any]) -> bool:
+    pid = row.get("pid")
+    if not pid or row.get("host") != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _same_config(stored: str, spec: RunSpec) -> bool:
+    diffs = config_diff(json.loads(stored), config_to_dict(spec.config))
+    return not [d for d in diffs if not d.startswith(RESUMABLE_CHANGES)]
+
+
+class _EventHandler:
+    """Turns run events into store transactions and display updates (in the suite's process only)."""
+
+    def __init__(
+        self,
+        suite: str,
+        store: ResultStore,
+        specs: dict[str, RunSpec],
+        base: Path,
+        display: NullDisplay,
+        outcome: SuiteOutcome,
+    ):
+        self.suite, self.store, self.specs, self.base = suite, store, specs, base
+        self.display, self.outcome = display, outcome
+        self.run_ids: dict[str, int] = {}
+        self.open: set[str] = set()
+
+    def handle(self, event: Event) -> None:
+        kind, key, payload = event
+        spec = self.specs[key]
+        if kind == "start":
+            self.run_ids[key] = self.store.start_run(
+                self.suite, key, dataset=spec.dataset, model=spec.model, method=spec.method, seed=spec.seed,
+                config=config_to_dict(spec.config), output=str(self.base / key), pid=payload,
+            )  # fmt: skip
+            self.open.add(key)
+            self.display.run_started(spec)
+        elif kind == "epoch":
+            self.store.log_epoch(self.run_ids[key], payload)
+            self.display.epoch_done(spec, payload)
+        elif kind == "done":
+            self.store.finish_run(
+                self.run_ids[key],
+                metrics=payload["metrics"],
+                wall_time_s=payload["wall_time_s"],
+                versions=payload["versions"],
+                device=payload["device"],
+                artifacts={"reliability": payload["reliability"]},
+            )
+            self._close(key, payload["metrics"], None)
+        elif kind == "failed":
+            if key not in self.run_ids:  # failed before it could start (e.g. in a worker's set-up)
+                self.handle(("start", key, None))
+            self.store.fail_run(self.run_ids[key], payload["error"], wall_time_s=payload.get("wall_time_s"))
+            self._close(key, None, payload["error"])
+
+    def _close(self, key: str, metrics: dict[str, Any] | None, error: str | None) -> None:
+        self.open.discard(key)
+        (self.outcome.finished if error is None else self.outcome.failed).append(key)
+        self.display.run_done(self.specs[key], metrics, error)
+
+
+# ------------------------------------------------------------------ one run
+
+
+def execute_run(spec: RunSpec, output: str, emit: Callable[[Event], None]) -> None:
+    """Train and evaluate one run, reporting ``start``, ``epoch``, then ``done`` or ``failed`` events.
+
+    Errors are reported as a ``failed`` event, never raised, so that a suite goes on;
+    ``KeyboardInterrupt`` still stops it.
+    """
+    emit(("start", spec.key, os.getpid()))
+    started = time.perf_counter()
+    try:
+        metrics, reliability, info = _train_and_evaluate(spec, output, emit)
+    except Exception as error:  # a failed run is recorded with its error; the suite goes on
+        emit(("failed", spec.key, {"error": _describe(error), "wall_time_s": time.perf_counter() - started}))
+        return
+    wall = time.perf_counter() - started
+    metrics["wall_time_s"] = wall
+    emit(("done", spec.key, {
+        "metrics": metrics, "reliability": reliability, "wall_time_s": wall,
+        "versions": {k: info[k] for k in ("mixlab", "torch", "numpy", "python", "platform")},
+        "device": f"{info['device']} ({info['device_name']})",
+    }))  # fmt: skip
+
+
+def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None]) -> tuple[dict, dict, dict]:
+    config = spec.config
+    result = train(
+        config,
+        output,
+        overwrite=True,
+        progress=False,
+        echo=False,
+        on_epoch_end=lambda record: emit(("epoch", spec.key, record)),
+    )
+    splits = load_run_data(config)
+    if splits.task != "classification":
+        raise SuiteError(f"dataset {spec.dataset!r} is a {splits.task} task; suites evaluate classifiers only")
+    device = resolve_device(config.train.device)
+    augment = build_augment(config, splits)
+    evaluation = evaluate_classifier(
+        result.model.to(device),
+        splits.test,
+        val=splits.val,
+        preprocess=lambda x: augment(x, train=False),
+        settings=spec.evaluate,
+        device=device,
+    )
+    history = result.history
+    speeds = [r["images_per_s"] for r in history[1:] or history]  # the first epoch includes warm-up
+    metrics = {
+        **evaluation.metrics,
+        "images_per_s": statistics.median(speeds),
+        "train_time_s": result.final.get("total_train_time_s", 0.0),
+        "epochs": result.final.get("epochs", len(history)),
+    }
+    return metrics, evaluation.reliability, run_info(DistInfo(0, 1, device))
+
+
+def _describe(error: BaseException) -> str:
+    """The error's type and message, and where it was raised (the last frames), for the store."""
+    frames = traceback.extract_tb(error.__traceback__)[-3:]
+    where = "; ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames)
+    return f"{type(error).__name__}: {error}" + (f"\n  at {where}" if where else "")
+
+
+# ------------------------------------------------------------------ several processes
+
+_events: Any = None
+
+
+def _init_worker(events: Any, counter: Any, threads: int) -> None:
+    """Worker set-up: the event queue, a share of the CPU threads, and one GPU per worker when there are several."""
+    global _events
+    _events = events
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    torch.set_num_threads(threads)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > 1:
+        torch.cuda.set_device(index % gpus)
+
+
+def _worker_run(spec: RunSpec, output: str) -> None:
+    execute_run(spec, output, _events.put)
+
+
+def _run_in_processes(todo: list[RunSpec], base: Path, workers: int, handler: _EventHandler) -> None:
+    context = multiprocessing.get_context("spawn")  # forked torch processes can deadlock
+    events = context.Queue()
+    counter = context.Value("i", 0)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(events, counter, threads))
+    with pool:
+        futures = [pool.submit(_worker_run, spec, str(base / spec.key)) for spec in todo]
+        closed = 0
+        while closed < len(todo):
+            try:
+                event = events.get(timeout=0.5)
+            except queue_module.Empty:
+                broken = [f for f in futures if f.done() and f.exception() is not None]
+                if broken:
+                    _fail_open_runs(handler, broken[0].exception())
+                    return
+                continue
+            handler.handle(event)
+            closed = len(handler.outcome.finished) + len(handler.outcome.failed)
+
+
+def _fail_open_runs(handler: _EventHandler, error: BaseException | None) -> None:
+    """A worker process died (killed, out of memory): its runs are recorded as failed."""
+    reason = f"the worker process died: {error!r}" if not isinstance(error, BrokenProcessPool) else str(error)
+    for key in list(handler.specs):
+        if key in handler.open or key not in handler.run_ids:
+            handler.handle(("failed", key, {"error": reason}))

@@ -1,0 +1,299 @@
+"""Benchmark suites: datasets × models × methods × seeds, read from YAML and expanded into run configs.
+
+A suite file looks like::
+
+    name: quick
+    description: ...
+    base:                  # a partial run config shared by every run (data, optim, train sections)
+      train: {epochs: 8, batch_size: 128}
+    datasets:
+      - name: fashion_mnist
+        data: {subset_per_class: 1000, val_fraction: 0.05}
+        fallback:          # used, with a notice, when this dataset's files cannot be found
+          name: mnist1d
+          models: [cnn1d]
+    models: [cnn_small]
+    methods:
+      - name: erm          # a label; "erm" (no mixing) is the baseline of the step-time ratio
+      - name: mixup
+        mix: {method: mixup, options: {alpha: 1.0}}
+    seeds: [0]
+    evaluate: {fgsm_eps: 0.00784, noise_std: 0.1}
+
+Every run's config is validated when the suite is expanded, so an unknown
+dataset, model, method or option fails before any training, listing the known ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mixlab.data.api import find_data
+from mixlab.data.locate import DataNotFoundError
+from mixlab.data.registry import get_spec
+from mixlab.engine.config import ConfigError, RunConfig, apply_overrides, format_validation_error
+from mixlab.errors import MixlabValueError
+from mixlab.evaluate import EvalSettings
+
+#: where suites named without a path are looked up, in order (a source checkout's configs/suites last).
+SUITE_DIRS = (Path("configs") / "suites", Path(__file__).resolve().parents[3] / "configs" / "suites")
+DEFAULT_SUITE = "quick"
+
+
+class SuiteError(MixlabValueError):
+    """A suite file is missing or invalid; raised before any run starts."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SuiteModel(_Strict):
+    """A backbone entry: its name and options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SuiteMethod(_Strict):
+    """A method entry: a label and the run config's ``mix`` section (mixer, loss, schedule)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    description: str = ""
+    mix: dict[str, Any] = Field(default_factory=dict)
+
+
+class SuiteDataset(_Strict):
+    """A dataset entry: the ``data`` section, optional per-dataset models and settings, and a fallback."""
+
+    name: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    models: list[SuiteModel | str] | None = None
+    optim: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    evaluate: dict[str, Any] = Field(default_factory=dict)
+    fallback: SuiteDataset | None = None
+
+
+class Suite(_Strict):
+    """A benchmark suite (see the module docstring for the file format)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    datasets: list[SuiteDataset] = Field(min_length=1)
+    models: list[SuiteModel | str] = Field(default_factory=lambda: ["cnn_small"])
+    methods: list[SuiteMethod] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    evaluate: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_labels(cls, methods: list[SuiteMethod]) -> list[SuiteMethod]:
+        labels = [m.name for m in methods]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"method labels must be unique; repeated: {', '.join(repeated)}")
+        return methods
+
+    @field_validator("seeds")
+    @classmethod
+    def _valid_seeds(cls, seeds: list[int]) -> list[int]:
+        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct and >= 0; got {seeds}")
+        return seeds
+
+
+@dataclass
+class RunSpec:
+    """One run of a suite: its key, identity, validated config and evaluation settings."""
+
+    key: str
+    dataset: str
+    model: str
+    method: str
+    seed: int
+    config: RunConfig
+    evaluate: EvalSettings
+
+
+@dataclass
+class SuitePlan:
+    """A suite expanded into runs, with notices (such as a dataset replaced by its fallback)."""
+
+    suite: Suite
+    runs: list[RunSpec]
+    notices: list[str]
+
+
+def suite_path(name_or_path: str | os.PathLike) -> Path:
+    """The suite file for a name (``quick``) or a path (``my_suite.yaml``).
+
+    Example:
+        >>> suite_path("quick").name
+        'quick.yaml'
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise SuiteError(f"suite file {str(path)!r} does not exist")
+        return path
+    for folder in SUITE_DIRS:
+        candidate = folder / f"{name_or_path}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise SuiteError(f"unknown suite {str(name_or_path)!r}; known: {', '.join(list_suites()) or '(none found)'}")
+
+
+def list_suites() -> list[str]:
+    """Names of the suites found in :data:`SUITE_DIRS`.
+
+    Example:
+        >>> {"quick", "standard"} <= set(list_suites())
+        True
+    """
+    return sorted({p.stem for folder in SUITE_DIRS if folder.is_dir() for p in folder.glob("*.yaml")})
+
+
+def load_suite(name_or_path: str | os.PathLike) -> Suite:
+    """Read and validate a suite file (not yet expanded; see :func:`plan_suite`).
+
+    Example:
+        >>> load_suite("quick").datasets[0].name
+        'fashion_mnist'
+    """
+    path = suite_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SuiteError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: expected a mapping with name, datasets, models, methods; got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    try:
+        return Suite.model_validate(raw)
+    except ValidationError as error:
+        raise SuiteError(format_validation_error(error, f"suite {str(path)!r}")) from None
+
+
+def plan_suite(
+    suite: Suite,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    data_root: str | os.PathLike | None = None,
+    methods: list[str] | None = None,
+) -> SuitePlan:
+    """Expand a suite into validated runs; every problem is reported before any run starts.
+
+    Args:
+        overrides: ``key.path=value`` settings applied to every run's config last.
+        data_root: looked in first for every dataset (``data.root``).
+        methods: keep only these method labels (all when ``None``).
+
+    Example:
+        >>> plan = plan_suite(load_suite("quick"), methods=["erm", "mixup"], overrides=["train.epochs=1"])
+        >>> [run.method for run in plan.runs]
+        ['erm', 'mixup']
+    """
+    chosen = _choose_methods(suite, methods)
+    notices: list[str] = []
+    runs: list[RunSpec] = []
+    problems: list[str] = []
+    for entry in suite.datasets:
+        dataset = _available_dataset(entry, suite, data_root, notices)
+        for model in dataset.models or suite.models:
+            model = SuiteModel(name=model) if isinstance(model, str) else model
+            for method in chosen:
+                for seed in suite.seeds:
+                    try:
+                        runs.append(_run_spec(suite, dataset, model, method, seed, overrides, data_root))
+                    except (ConfigError, SuiteError) as error:
+                        problems.append(f"{dataset.name}/{model.name}/{method.name}: {error}")
+    if problems:
+        raise SuiteError(f"suite {suite.name!r} has {len(problems)} invalid run(s):\n" + "\n".join(problems))
+    return SuitePlan(suite, runs, notices)
+
+
+def _choose_methods(suite: Suite, methods: list[str] | None) -> list[SuiteMethod]:
+    if methods is None:
+        return list(suite.methods)
+    known = [m.name for m in suite.methods]
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise SuiteError(f"suite {suite.name!r} has no method(s) {', '.join(unknown)}; its methods: {', '.join(known)}")
+    return [m for m in suite.methods if m.name in methods]
+
+
+def _available_dataset(
+    entry: SuiteDataset, suite: Suite, data_root: str | os.PathLike | None, notices: list[str]
+) -> SuiteDataset:
+    """The entry itself when its files are found (or it needs none); else its fallback, with a notice."""
+    root = data_root if data_root is not None else entry.data.get("root", suite.base.get("data", {}).get("root"))
+    try:
+        spec = get_spec(entry.name)
+    except MixlabValueError as error:
+        raise SuiteError(f"suite {suite.name!r}: {error}") from None
+    if spec.kind != "files":
+        return entry
+    try:
+        find_data(entry.name, root)
+        return entry
+    except DataNotFoundError as error:
+        if entry.fallback is None:
+            raise SuiteError(f"suite {suite.name!r} needs dataset {entry.name!r}, which was not found.\n{error}") from None
+        how = f"; to get it: {error.hints[0]}" if error.hints else ""
+        notices.append(
+            f"dataset {entry.name!r} was not found ({len(error.searched)} places looked{how}): "
+            f"running suite {suite.name!r} on {entry.fallback.name!r} instead"
+        )
+        return _available_dataset(entry.fallback, suite, data_root, notices)
+
+
+def _run_spec(
+    suite: Suite,
+    dataset: SuiteDataset,
+    model: SuiteModel,
+    method: SuiteMethod,
+    seed: int,
+    overrides: list[str] | tuple[str, ...],
+    data_root: str | os.PathLike | None,
+) -> RunSpec:
+    key = f"{dataset.name}/{model.name}/{method.name}/seed{seed}"
+    raw = _merge(
+        suite.base,
+        {"name": f"{suite.name}/{key}", "data": {"name": dataset.name, **dataset.data}},
+        {"optim": dataset.optim, "train": dataset.train},
+        {"model": model.model_dump(), "mix": method.mix, "train": {"seed": seed}},
+    )
+    if data_root is not None:
+        raw["data"]["root"] = str(data_root)
+    raw = apply_overrides(raw, overrides)
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, "run config")) from None
+    try:
+        settings = EvalSettings.model_validate({**suite.evaluate, **dataset.evaluate})
+    except ValidationError as error:
+        raise SuiteError(format_validation_error(error, "evaluate")) from None
+    return RunSpec(key, dataset.name, model.name, method.name, seed, config, settings)
+
+
+def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge dicts, later layers winning."""
+    result: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(result.get(key), dict):
+                result[key] = _merge(result[key], value)
+            elif isinstance(value, dict):
+                result[key] = _merge(value)
+            else:
+                result[key] = value
+    return result
