@@ -1,4 +1,4 @@
-"""The ``mixlab`` command: ``train`` and ``data list|info|fetch``.
+"""The ``mixlab`` command: ``bench``, ``report``, ``show``, ``eval``, ``train`` and ``data list|info|fetch``.
 
 Errors that mixlab raises on purpose are shown as one clear message (exit
 status 2), without a traceback.
@@ -103,6 +103,137 @@ def _is_main_process() -> bool:
     import os
 
     return os.environ.get("RANK", "0") == "0"
+
+
+@app.command()
+def bench(
+    suite: Annotated[str, typer.Option("--suite", "-s", help="A suite name (quick, standard, ...) or a YAML file.")] = "quick",
+    store: Annotated[Path, typer.Option("--store", help="The results store (SQLite).")] = Path("runs/mixlab.db"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directories go under OUTPUT/<suite>.")] = Path("runs"),
+    report_dir: Annotated[Path, typer.Option("--report", help="Where the report is written.")] = Path("report"),
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Runs trained at once, one process each.")] = 1,
+    methods: Annotated[
+        list[str] | None, typer.Option("--method", "-m", help="Only this method label (repeatable).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a run-config key for every run, e.g. train.epochs=2.")
+    ] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Look for data here first.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and stop.")] = False,
+) -> None:
+    """Run a benchmark suite (resuming where the store left off), then write and print the report."""
+    from mixlab.bench.display import BenchDisplay
+    from mixlab.bench.runner import run_suite
+    from mixlab.bench.store import ResultStore
+    from mixlab.bench.suite import load_suite, plan_suite
+
+    with _reported():
+        plan = plan_suite(
+            load_suite(suite), overrides=list(overrides or []), data_root=data_root, methods=methods or None
+        )
+        for notice in plan.notices:
+            err.print(f"[bold yellow]note:[/] {notice}", highlight=False, soft_wrap=True)
+        if dry_run:
+            for spec in plan.runs:
+                out.print(f"{spec.key}  ({spec.config.train.epochs} epochs)", highlight=False)
+            return
+        with ResultStore(store) as results:
+            outcome = run_suite(plan, results, output=output, workers=workers, display=BenchDisplay(err))
+            records = results.records(plan.suite.name)
+    minutes, seconds = divmod(round(outcome.wall_time_s), 60)
+    out.print(
+        f"suite {plan.suite.name!r}: {len(outcome.finished)} run(s) finished, {len(outcome.skipped)} skipped "
+        f"(already in {store}), {len(outcome.failed)} failed; wall time {minutes}:{seconds:02d}",
+        highlight=False,
+    )
+    with _reported():
+        _write_and_print_report(records, plan.suite.name, report_dir, data_root)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    suite: Annotated[str | None, typer.Option("--suite", "-s", help="Suite name (default: the latest run).")] = None,
+    store: Annotated[Path, typer.Option("--store", help="The results store (SQLite).")] = Path("runs/mixlab.db"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the report is written.")] = Path("report"),
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Data for the gallery.")] = None,
+) -> None:
+    """Write report/leaderboard.md, report/index.html and the plots from the results store."""
+    from mixlab.bench.store import ResultStore, StoreError
+
+    with _reported():
+        if not store.is_file():
+            raise StoreError(f"no results store at {str(store)!r}; run `mixlab bench` first or pass --store")
+        with ResultStore(store) as results:
+            names = results.suite_names()
+            name = suite or (names[0] if names else None)
+            if name is None or name not in names:
+                raise StoreError(
+                    f"the store {str(store)!r} holds no suite {name!r}; it holds: {', '.join(names) or '(none)'}"
+                )
+            records = results.records(name)
+        _write_and_print_report(records, name, output, data_root)
+
+
+def _write_and_print_report(records: list, suite: str, report_dir: Path, data_root: Path | None) -> None:
+    from mixlab.bench.report import aggregate, leaderboard_markdown, write_report
+    from mixlab.bench.show import dataset_gallery
+
+    paths = write_report(records, report_dir, suite=suite, gallery=dataset_gallery(data_root=data_root))
+    out.print(leaderboard_markdown(aggregate(records)), highlight=False, markup=False)
+    out.print(f"report: {paths['index']} (leaderboard.md and the plots next to it)", highlight=False)
+
+
+@app.command()
+def show(
+    method: Annotated[str, typer.Argument(help="A mixer name, e.g. cutmix.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Whose test images to mix.")] = "fashion_mnist",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG file (default: show_METHOD.png).")] = None,
+    options: Annotated[
+        list[str] | None, typer.Option("--option", help="A mixer option, e.g. --option alpha=1.0 (repeatable).")
+    ] = None,
+    pairs: Annotated[int, typer.Option("--pairs", help="How many pairs to show.")] = 6,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the mixer's draws.")] = 0,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Look for data here first.")] = None,
+) -> None:
+    """Write a PNG grid of pairs and their mixed result, to see what a method does."""
+    from mixlab.bench.show import show_method
+    from mixlab.engine.config import apply_overrides
+
+    with _reported():
+        target = output if output is not None else Path(f"show_{method}.png")
+        parsed = apply_overrides({}, list(options or []))
+        path = show_method(
+            method, dataset=dataset, output=target, data_root=data_root, pairs=pairs, seed=seed, options=parsed
+        )
+    out.print(f"wrote {path}", highlight=False)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A run directory or its checkpoint.pt.")],
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Look for data here first.")] = None,
+    fgsm_eps: Annotated[float | None, typer.Option("--fgsm-eps", help="FGSM radius in [0, 1] pixel units.")] = None,
+    noise_std: Annotated[float | None, typer.Option("--noise-std", help="Gaussian noise std, pixel units.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Compute the benchmark's metrics (accuracy, calibration, robustness) for a saved model."""
+    import json
+
+    from mixlab.evaluate import EvalSettings, evaluate_checkpoint
+
+    with _reported():
+        chosen = {"fgsm_eps": fgsm_eps, "noise_std": noise_std}
+        settings = EvalSettings(**{k: v for k, v in chosen.items() if v is not None})
+        result = evaluate_checkpoint(checkpoint, data_root=data_root, settings=settings)
+    if as_json:
+        out.print_json(json.dumps(result.metrics))
+        return
+    table = Table("metric", "value")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    out.print(table)
 
 
 @data_app.command("list")

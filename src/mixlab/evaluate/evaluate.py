@@ -1,0 +1,231 @@
+"""Everything a benchmark reports for one trained classifier, from a model or from a run's checkpoint.
+
+Example:
+    >>> from mixlab.data import ArrayData
+    >>> model = torch.nn.Linear(4, 3)
+    >>> test = ArrayData(torch.randn(20, 4), torch.randint(0, 3, (20,)))
+    >>> result = evaluate_classifier(model, test, preprocess=lambda b: b)
+    >>> sorted(result.metrics)
+    ['brier', 'ece', 'fgsm_acc', 'nll', 'noise_acc', 'num_test', 'top1']
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
+
+from mixlab.data import ArrayData
+from mixlab.engine.checkpoint import CHECKPOINT, load_checkpoint
+from mixlab.engine.config import RunConfig, format_validation_error
+from mixlab.engine.distributed import resolve_device
+from mixlab.engine.run import build_augment, build_model, load_run_data
+from mixlab.errors import MixlabTypeError, MixlabValueError
+from mixlab.evaluate.metrics import (
+    classification_metrics,
+    fit_temperature,
+    reliability_bins,
+    temperature_scaled_metrics,
+)
+from mixlab.evaluate.robustness import DeviceLike, Preprocess, fgsm_accuracy, noise_accuracy, predict_logits
+
+
+class EvalSettings(BaseModel):
+    """How a classifier is evaluated: attack radius, noise level, batch size, calibration bins, seed.
+
+    Args:
+        fgsm_eps: FGSM L∞ radius in the raw [0, 1] input scale (2/255: two grey levels).
+        noise_std: standard deviation of the Gaussian noise, same scale.
+        batch_size: samples per forward pass.
+        n_bins: confidence bins of the ECE and the reliability diagram.
+        seed: seed of the noise.
+
+    Example:
+        >>> EvalSettings(noise_std=0.2).batch_size
+        1000
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    fgsm_eps: float = Field(2 / 255, ge=0.0)
+    noise_std: float = Field(0.1, ge=0.0)
+    batch_size: int = Field(1000, gt=0)
+    n_bins: int = Field(15, ge=2)
+    seed: int = Field(0, ge=0)
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate_classifier` returns: scalar metrics and the test reliability diagram (both plain JSON).
+
+    Example:
+        >>> EvalResult({"top1": 1.0}, {"count": [1]}).as_dict()
+        {'metrics': {'top1': 1.0}, 'reliability': {'count': [1]}}
+    """
+
+    metrics: dict[str, float]
+    reliability: dict[str, list[float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"metrics": ..., "reliability": ...}``, ready for ``json.dumps``."""
+        return asdict(self)
+
+
+def evaluate_classifier(
+    model: nn.Module,
+    test: ArrayData,
+    *,
+    preprocess: Preprocess,
+    val: ArrayData | None = None,
+    settings: EvalSettings | None = None,
+    device: DeviceLike = None,
+) -> EvalResult:
+    """Accuracy, calibration and robustness of ``model`` on ``test``.
+
+    ``metrics`` holds :func:`~mixlab.evaluate.classification_metrics` of the
+    test logits (``top1``, ``top5`` when K > 5, ``nll``, ``ece``, ``brier``),
+    ``fgsm_acc`` and ``noise_acc`` (see :mod:`mixlab.evaluate.robustness`),
+    ``num_test`` and, when ``val`` is given, ``temperature`` (fitted on the
+    val logits) with the test ``ece_ts`` and ``nll_ts`` after scaling by it.
+
+    Args:
+        model: the classifier; test, val: splits with integer labels.
+        preprocess: raw batch (or its float [0, 1] version) -> model input.
+        settings: defaults to ``EvalSettings()``.
+        device: where to run (the model is moved there); default: the model's device.
+
+    Example:
+        >>> from mixlab.data import ArrayData
+        >>> part = ArrayData(torch.randn(30, 4), torch.randint(0, 3, (30,)))
+        >>> result = evaluate_classifier(torch.nn.Linear(4, 3), part, val=part, preprocess=lambda b: b)
+        >>> result.metrics["temperature"] > 0, sum(result.reliability["count"])
+        (True, 30)
+    """
+    settings = _check_settings(settings)
+    _check_split("test", test)
+    if val is not None:
+        _check_split("val", val)
+    common = {"preprocess": preprocess, "batch_size": settings.batch_size, "device": device}
+    logits = predict_logits(model, test.x, **common)
+    metrics: dict[str, float] = classification_metrics(logits, test.y, n_bins=settings.n_bins)
+    if val is not None:
+        metrics.update(_temperature_metrics(model, val, logits, test.y, settings, common))
+    metrics["fgsm_acc"] = fgsm_accuracy(model, test.x, test.y, eps=settings.fgsm_eps, **common)
+    metrics["noise_acc"] = noise_accuracy(model, test.x, test.y, std=settings.noise_std, seed=settings.seed, **common)
+    metrics["num_test"] = len(test)
+    return EvalResult(metrics, reliability_bins(logits, test.y, n_bins=settings.n_bins))
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike | None = None,
+    settings: EvalSettings | None = None,
+    device: DeviceLike = None,
+) -> EvalResult:
+    """:func:`evaluate_classifier` on the model of a training run, rebuilt from its checkpoint and config.
+
+    The run's data are read again as its config says (the same split seed, so
+    the same val and test splits), with the run's eval-time preprocessing.
+
+    Args:
+        path: a run directory holding ``checkpoint.pt``, or a checkpoint file.
+        data_root: where to look for the data first (replaces the run's ``data.root``).
+        settings: defaults to ``EvalSettings()``.
+        device: where to run; default ``auto`` (CUDA, else MPS, else CPU).
+
+    Example:
+        >>> evaluate_checkpoint("no/such/run")
+        Traceback (most recent call last):
+        ...
+        mixlab.errors.MixlabValueError: no run directory or checkpoint at 'no/such/run'
+    """
+    settings = _check_settings(settings)
+    checkpoint = _checkpoint_file(path)
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    config = _run_config(state, checkpoint, data_root)
+    splits = load_run_data(config)
+    if splits.task != "classification":
+        raise MixlabValueError(
+            f"{str(checkpoint)!r} is a {splits.task} run on {splits.name!r}; only classifiers can be evaluated"
+        )
+    model = build_model(config, splits)
+    model.load_state_dict(state["model"])
+    augment = build_augment(config, splits)
+    return evaluate_classifier(
+        model,
+        splits.test,
+        val=splits.val,
+        preprocess=lambda x: augment(x, train=False),
+        settings=settings,
+        device=_resolve(device),
+    )
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _temperature_metrics(
+    model: nn.Module, val: ArrayData, test_logits: Tensor, test_y: Tensor, settings: EvalSettings, common: dict
+) -> dict[str, float]:
+    val_logits = predict_logits(model, val.x, **common)
+    temperature = fit_temperature(val_logits, val.y)
+    return temperature_scaled_metrics(test_logits, test_y, temperature, n_bins=settings.n_bins)
+
+
+def _check_settings(settings: EvalSettings | None) -> EvalSettings:
+    if settings is None:
+        return EvalSettings()
+    if not isinstance(settings, EvalSettings):
+        raise MixlabTypeError(f"settings must be an EvalSettings; got {type(settings).__name__}")
+    return settings
+
+
+def _check_split(name: str, split: Any) -> None:
+    if not isinstance(split, ArrayData):
+        raise MixlabTypeError(
+            f"{name} must be an ArrayData (tensors x, y); got {type(split).__name__}. "
+            "Splits read lazily from image folders are not supported by the evaluation yet"
+        )
+    if split.y.ndim != 1 or split.y.is_floating_point():
+        raise MixlabValueError(
+            f"{name}.y must hold class indices (N,); got dtype {split.y.dtype}, shape {tuple(split.y.shape)}"
+        )
+
+
+def _checkpoint_file(path: str | os.PathLike) -> Path:
+    where = Path(path)
+    if not where.exists():
+        raise MixlabValueError(f"no run directory or checkpoint at {str(path)!r}")
+    if where.is_dir():
+        if not (where / CHECKPOINT).is_file():
+            raise MixlabValueError(f"the directory {str(path)!r} holds no {CHECKPOINT}: it is not a training run")
+        return where / CHECKPOINT
+    return where
+
+
+def _run_config(state: dict[str, Any], checkpoint: Path, data_root: str | os.PathLike | None) -> RunConfig:
+    """The run's validated config, with ``data.root`` replaced when ``data_root`` is given."""
+    if not isinstance(state.get("config"), dict):
+        raise MixlabValueError(
+            f"the checkpoint {str(checkpoint)!r} holds no run config, so its model and data cannot be rebuilt"
+        )
+    try:
+        config = RunConfig.model_validate(state["config"])
+    except ValidationError as err:
+        where = f"the config saved in {str(checkpoint)!r}"
+        raise MixlabValueError(format_validation_error(err, where)) from None
+    if data_root is not None:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"root": str(data_root)})})
+    return config
+
+
+def _resolve(device: DeviceLike) -> torch.device:
+    if device is None or device == "auto":
+        return resolve_device("auto")
+    return torch.device(device)
