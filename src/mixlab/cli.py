@@ -181,7 +181,7 @@ def _write_and_print_report(records: list, suite: str, report_dir: Path, data_ro
     from mixlab.bench.show import dataset_gallery
 
     paths = write_report(records, report_dir, suite=suite, gallery=dataset_gallery(data_root=data_root))
-    out.print(leaderboard_markdown(aggregate(records)), highlight=False, markup=False)
+    typer.echo(leaderboard_markdown(aggregate(records)))  # plain text: rich would wrap the table's lines
     out.print(f"report: {paths['index']} (leaderboard.md and the plots next to it)", highlight=False)
 
 
