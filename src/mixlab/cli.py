@@ -146,8 +146,13 @@ def bench(
         f"(already in {store}), {len(outcome.failed)} failed; wall time {minutes}:{seconds:02d}",
         highlight=False,
     )
-    with _reported():
-        _write_and_print_report(records, plan.suite.name, report_dir, data_root)
+    current = {spec.key for spec in plan.runs}  # runs this suite no longer has stay in the store, not in the report
+    records = [r for r in records if r.key in current]
+    if any(r.finished for r in records):
+        with _reported():
+            _write_and_print_report(records, plan.suite.name, report_dir, data_root)
+    else:
+        err.print("no run finished: no report written", highlight=False)
     if outcome.failed:
         raise typer.Exit(1)
 
@@ -221,11 +226,17 @@ def evaluate(
     """Compute the benchmark's metrics (accuracy, calibration, robustness) for a saved model."""
     import json
 
+    from pydantic import ValidationError
+
+    from mixlab.engine.config import ConfigError, format_validation_error
     from mixlab.evaluate import EvalSettings, evaluate_checkpoint
 
     with _reported():
         chosen = {"fgsm_eps": fgsm_eps, "noise_std": noise_std}
-        settings = EvalSettings(**{k: v for k, v in chosen.items() if v is not None})
+        try:
+            settings = EvalSettings(**{k: v for k, v in chosen.items() if v is not None})
+        except ValidationError as error:
+            raise ConfigError(format_validation_error(error, "eval options")) from None
         result = evaluate_checkpoint(checkpoint, data_root=data_root, settings=settings)
     if as_json:
         out.print_json(json.dumps(result.metrics))

@@ -57,3 +57,8 @@ def test_bench_dry_run_lists_runs_and_writes_nothing(tmp_path: Path) -> None:
     result = runner.invoke(app, ["bench", "--suite", str(path), "--store", str(store), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "fashion_mnist/cnn_small/cutmix/seed0" in result.output and not store.exists()
+
+
+def test_eval_refuses_a_negative_radius_naming_it(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", str(tmp_path), "--fgsm-eps", "-1"])
+    assert result.exit_code == 2 and "fgsm_eps" in result.output and "-1" in result.output

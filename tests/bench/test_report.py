@@ -81,7 +81,7 @@ def full_suite() -> list[RunRecord]:
             metrics |= dict(fgsm_acc=0.3, noise_acc=0.6, wall_time_s=60.0 + seed, images_per_s=speed)
             runs.append(make_run(method, seed, **metrics))
     runs.append(
-        make_run("cutmix", 2, status="failed", error="Traceback (most recent call last):\nRuntimeError: out of memory")
+        make_run("cutmix", 2, status="failed", error="RuntimeError: out of memory\n  at runner.py:209 in execute_run")
     )
     return runs
 

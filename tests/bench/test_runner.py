@@ -150,7 +150,7 @@ def test_sigkill_mid_suite_then_resume(tmp_path: Path) -> None:
     assert attempts[second.key] == 2 and attempts[first.key] == 1  # the interrupted one was redone
     # the report was written at the end, and the leaderboard printed
     assert (tmp_path / "report" / "leaderboard.md").is_file() and (tmp_path / "report" / "index.html").is_file()
-    assert "| erm" in done.stdout or "erm" in done.stdout.split("###", 1)[-1]
+    assert "### fashion_mnist · cnn_small" in done.stdout and "| 1 |" in done.stdout
 
 
 def test_bench_cli_refuses_a_foreign_store_before_training(tmp_path: Path) -> None:
@@ -182,3 +182,12 @@ def test_report_cli_without_finished_runs_writes_nothing(tmp_path: Path) -> None
     empty = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "no finished runs" in empty.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_a_second_launch_on_the_same_store_is_refused(tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    with ResultStore(tmp_path / "db") as store, open(f"{store.path}.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `mixlab bench` holds it
+        with pytest.raises(SuiteError, match="another `mixlab bench` is using the store"):
+            run_suite(_plan(tiny_suite(tmp_path)), store, output=tmp_path / "runs")
+        assert store.records() == [] and not (tmp_path / "runs").exists()

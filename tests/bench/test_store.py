@@ -106,6 +106,28 @@ def test_newer_schema_is_refused_and_untouched(tmp_path: Path) -> None:
 
 def test_suite_names_latest_first(tmp_path: Path) -> None:
     with ResultStore(tmp_path / "db") as store:
-        store.save_suite("a", {})
         store.save_suite("b", {})
-        assert set(store.suite_names()) == {"a", "b"}
+        store.save_suite("a", {})
+        assert store.suite_names() == ["a", "b"]
+        store.save_suite("b", {"changed": True})
+        assert store.suite_names() == ["b", "a"]
+
+
+def test_a_damaged_mixlab_store_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "mixlab.db"
+    ResultStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE artifacts")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"damaged mixlab store.*missing tables: artifacts"):
+        ResultStore(path)
+    assert path.read_bytes() == before
+
+
+def test_an_empty_sqlite_file_becomes_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    sqlite3.connect(path).execute("PRAGMA user_version=0").close()
+    with ResultStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION

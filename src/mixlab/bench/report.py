@@ -858,7 +858,7 @@ def _markdown_report(suite: str, records: list[RunRecord], boards: list[Leaderbo
 
 def _first_line(error: str | None) -> str:
     lines = (error or "").strip().splitlines()
-    return lines[-1] if lines else "no error recorded"  # a traceback's last line names the error
+    return lines[0] if lines else "no error recorded"  # the runner stores "Type: message" first, then where
 
 
 _CSS = """

@@ -14,13 +14,13 @@ import json
 import multiprocessing
 import os
 import queue as queue_module
-import socket
 import statistics
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,11 +88,16 @@ def run_suite(
     if workers < 1:
         raise SuiteError(f"--workers must be at least 1; got {workers}")
     display = display or NullDisplay()
+    with _exclusive(store):
+        return _run_locked(plan, store, Path(output), workers, display)
+
+
+def _run_locked(plan: SuitePlan, store: ResultStore, output: Path, workers: int, display: NullDisplay) -> SuiteOutcome:
     started = time.perf_counter()
     outcome = SuiteOutcome()
     todo = _runs_to_do(plan, store, outcome)
     store.save_suite(plan.suite.name, plan.suite.model_dump(mode="json"))
-    base = Path(output) / plan.suite.name
+    base = output / plan.suite.name
     display.start(len(todo), len(outcome.skipped), sum(s.config.train.epochs for s in todo), workers)
     handler = _EventHandler(plan.suite.name, store, {s.key: s for s in todo}, base, display, outcome)
     try:
@@ -108,15 +113,10 @@ def run_suite(
 
 
 def _runs_to_do(plan: SuitePlan, store: ResultStore, outcome: SuiteOutcome) -> list[RunSpec]:
-    """Runs not finished with the same config; refuse if another live process is running one of them."""
+    """Runs not finished with the same config and evaluation settings (a ``running`` row is a killed launch's)."""
     todo = []
     for spec in plan.runs:
         row = store.run_status(plan.suite.name, spec.key)
-        if row is not None and row["status"] == "running" and _alive_elsewhere(row):
-            raise SuiteError(
-                f"run {spec.key!r} of suite {plan.suite.name!r} is being run by process {row['pid']} on this "
-                f"machine (store {str(store.path)!r}); wait for it to end or use another --store"
-            )
         if row is not None and row["status"] == "finished" and _same_config(row["config"], spec):
             outcome.skipped.append(spec.key)
         else:
@@ -124,22 +124,41 @@ def _runs_to_do(plan: SuitePlan, store: ResultStore, outcome: SuiteOutcome) -> l
     return todo
 
 
-def _alive_elsewhere(row: dict[str, Any]) -> bool:
-    pid = row.get("pid")
-    if not pid or row.get("host") != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def stored_config(spec: RunSpec) -> dict[str, Any]:
+    """What the store keeps as a run's config: the resolved run config plus its evaluation settings.
+
+    Example:
+        >>> from mixlab.bench.suite import load_suite, plan_suite
+        >>> sorted(stored_config(plan_suite(load_suite("mnist1d")).runs[0]))[:3]
+        ['data', 'evaluate', 'mix']
+    """
+    return {**config_to_dict(spec.config), "evaluate": spec.evaluate.model_dump(mode="json")}
 
 
 def _same_config(stored: str, spec: RunSpec) -> bool:
-    diffs = config_diff(json.loads(stored), config_to_dict(spec.config))
+    diffs = config_diff(json.loads(stored), stored_config(spec))
     return not [d for d in diffs if not d.startswith(RESUMABLE_CHANGES)]
+
+
+@contextmanager
+def _exclusive(store: ResultStore) -> Iterator[None]:
+    """One launch per store at a time (an advisory lock next to it): two launches must not run the same run."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(f"{store.path}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SuiteError(
+                f"another `mixlab bench` is using the store {str(store.path)!r}; wait for it to end or pass another --store"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _EventHandler:
@@ -165,7 +184,7 @@ class _EventHandler:
         if kind == "start":
             self.run_ids[key] = self.store.start_run(
                 self.suite, key, dataset=spec.dataset, model=spec.model, method=spec.method, seed=spec.seed,
-                config=config_to_dict(spec.config), output=str(self.base / key), pid=payload,
+                config=stored_config(spec), output=str(self.base / key), pid=payload,
             )  # fmt: skip
             self.open.add(key)
             self.display.run_started(spec)
@@ -265,17 +284,24 @@ def _describe(error: BaseException) -> str:
 _events: Any = None
 
 
-def _init_worker(events: Any, counter: Any, threads: int) -> None:
-    """Worker set-up: the event queue, a share of the CPU threads, and one GPU per worker when there are several."""
+def _init_worker(events: Any, counter: Any, threads: int, gpus: int, parent: int) -> None:
+    """Worker set-up: the event queue, a share of the CPU threads, one GPU each when there are several, and an
+    exit when the suite's process dies (a SIGKILLed suite must not leave workers training for nobody)."""
     global _events
     _events = events
     with counter.get_lock():
         index = counter.value
         counter.value += 1
+    if gpus > 1:  # before CUDA is initialised in this process: "cuda" then means this worker's GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
     torch.set_num_threads(threads)
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus > 1:
-        torch.cuda.set_device(index % gpus)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _worker_run(spec: RunSpec, output: str) -> None:
@@ -287,26 +313,29 @@ def _run_in_processes(todo: list[RunSpec], base: Path, workers: int, handler: _E
     events = context.Queue()
     counter = context.Value("i", 0)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(events, counter, threads))
-    with pool:
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(events, counter, threads, gpus, os.getpid())
+    )
+    try:
         futures = [pool.submit(_worker_run, spec, str(base / spec.key)) for spec in todo]
-        closed = 0
-        while closed < len(todo):
+        while len(handler.outcome.finished) + len(handler.outcome.failed) < len(todo):
             try:
-                event = events.get(timeout=0.5)
+                handler.handle(events.get(timeout=0.5))
             except queue_module.Empty:
-                broken = [f for f in futures if f.done() and f.exception() is not None]
-                if broken:
-                    _fail_open_runs(handler, broken[0].exception())
+                if all(f.done() for f in futures):  # a worker died, or its last events were lost
+                    _fail_open_runs(handler, next((f.exception() for f in futures if f.exception()), None))
                     return
-                continue
-            handler.handle(event)
-            closed = len(handler.outcome.finished) + len(handler.outcome.failed)
+    finally:
+        workers_alive = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers_alive:  # on Ctrl-C, do not wait for the queued runs
+            process.terminate()
 
 
 def _fail_open_runs(handler: _EventHandler, error: BaseException | None) -> None:
-    """A worker process died (killed, out of memory): its runs are recorded as failed."""
-    reason = f"the worker process died: {error!r}" if not isinstance(error, BrokenProcessPool) else str(error)
-    for key in list(handler.specs):
-        if key in handler.open or key not in handler.run_ids:
-            handler.handle(("failed", key, {"error": reason}))
+    """Runs started in a worker that died (killed, out of memory) are recorded as failed; runs never started
+    are left for the next launch."""
+    reason = f"the worker process running it died ({error!r})" if error else "the worker process running it died"
+    for key in sorted(handler.open):
+        handler.handle(("failed", key, {"error": reason}))

@@ -93,18 +93,21 @@ CREATE INDEX runs_by_suite ON runs (suite, status);
 """
 
 
+_TABLES = ("meta", "suites", "runs", "epoch_metrics", "final_metrics", "artifacts")
+
+
 class StoreError(MixlabValueError):
-    """The store file cannot be used (not a mixlab store, a newer schema, or busy); it was left untouched."""
+    """The store file cannot be used (not a mixlab store, or another schema); it was left untouched."""
 
 
 def now() -> str:
-    """The current UTC time as ISO 8601, to the second (how the store writes times).
+    """The current UTC time as ISO 8601, to the microsecond (how the store writes times).
 
     Example:
         >>> now().endswith("+00:00")
         True
     """
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 class ResultStore:
@@ -156,10 +159,11 @@ class ResultStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite may have rolled back already
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def schema_version(self) -> int:
         """The schema version the file was written with."""
@@ -326,7 +330,7 @@ def _check_existing(path: Path) -> None:
     if not path.is_file():
         raise StoreError(f"store path {str(path)!r} exists and is not a file")
     try:
-        db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             app_id = db.execute("PRAGMA application_id").fetchone()[0]
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -338,7 +342,9 @@ def _check_existing(path: Path) -> None:
             f"{str(path)!r} is not a mixlab results store (not an SQLite database: {error}); "
             "it was left untouched. Choose another file with --store"
         ) from None
-    if app_id != APPLICATION_ID and tables:
+    if app_id != APPLICATION_ID:
+        if not tables:  # an empty SQLite file: the schema is created in it
+            return
         raise StoreError(
             f"{str(path)!r} is an SQLite database but not a mixlab results store (application_id {app_id:#x}, "
             f"tables: {', '.join(sorted(tables))}); it was left untouched. Choose another file with --store"
@@ -347,4 +353,10 @@ def _check_existing(path: Path) -> None:
         raise StoreError(
             f"{str(path)!r} was written by a newer mixlab (store schema {version}; this version reads up to "
             f"{SCHEMA_VERSION}); it was left untouched. Upgrade mixlab or choose another file with --store"
+        )
+    missing = sorted(set(_TABLES) - tables)
+    if version != SCHEMA_VERSION or missing:
+        raise StoreError(
+            f"{str(path)!r} is a damaged mixlab store (schema {version}, missing tables: {', '.join(missing) or 'none'}; "
+            f"expected schema {SCHEMA_VERSION}); it was left untouched. Choose another file with --store"
         )

@@ -119,15 +119,6 @@ def first_writable(dirs: Sequence[Path]) -> Path | None:
     return None
 
 
-def _default_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-_DEFAULT_MODE = _default_file_mode()
-
-
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``, on error remove it.
@@ -146,7 +137,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, _DEFAULT_MODE)  # mkstemp makes 0600 files; outputs are ordinary files
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are ordinary, readable files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

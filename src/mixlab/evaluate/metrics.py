@@ -136,7 +136,9 @@ def fit_temperature(logits: Tensor, targets: Tensor, *, max_iter: int = 100) -> 
 
     best = _golden_section_minimum(nll, math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1]), max_iter)
     # a coarse search could stop where the NLL is above T=1; scaling must never make it worse
-    return math.exp(best) if nll(best) <= nll(0.0) else 1.0
+    at_bound = min(abs(best - bound) for bound in (math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])))
+    # no interior optimum (e.g. a separable val split, whose NLL falls as T -> 0): scaling would be meaningless
+    return math.exp(best) if nll(best) <= nll(0.0) and at_bound > 1e-3 else 1.0
 
 
 def temperature_scaled_metrics(
