@@ -31,7 +31,7 @@ from mixlab.bench.store import ResultStore
 from mixlab.bench.suite import RunSpec, SuiteError, SuitePlan
 from mixlab.engine.config import config_diff, config_to_dict
 from mixlab.engine.distributed import DistInfo, resolve_device
-from mixlab.engine.run import RESUMABLE_CHANGES, build_augment, load_run_data, run_info, train
+from mixlab.engine.run import RESUMABLE_CHANGES, build_augment, run_info, train
 from mixlab.evaluate import evaluate_classifier
 
 Event = tuple[str, str, Any]  # (kind, run key, payload): ("start" | "epoch" | "done" | "failed", key, ...)
@@ -248,7 +248,7 @@ def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None
         echo=False,
         on_epoch_end=lambda record: emit(("epoch", spec.key, record)),
     )
-    splits = load_run_data(config)
+    splits = result.splits
     if splits.task != "classification":
         raise SuiteError(f"dataset {spec.dataset!r} is a {splits.task} task; suites evaluate classifiers only")
     device = resolve_device(config.train.device)

@@ -48,13 +48,14 @@ class RunRefusedError(MixlabValueError):
 
 @dataclass
 class RunResult:
-    """What :func:`train` returns: the trained model (unwrapped), per-epoch records, final metrics, the mixer's state."""
+    """What :func:`train` returns: the trained model (unwrapped), per-epoch records, final metrics, the mixer's state, the splits."""
 
     model: nn.Module
     history: list[dict[str, Any]]
     final: dict[str, Any]
     output: Path | None
     mixer_state: dict[str, Any]
+    splits: DataSplits | None = None  # the data it trained on, so evaluation need not read it again
 
 
 def train(
@@ -108,7 +109,7 @@ def train(
     final = _final_metrics(trainer, history)
     if out is not None and dist.is_main:
         ckpt.atomic_write_text(out / ckpt.FINAL, json.dumps(final, indent=2))
-    return RunResult(trainer.module, history, final, out, trainer.state_dict()["mixer"])
+    return RunResult(trainer.module, history, final, out, trainer.state_dict()["mixer"], splits)
 
 
 # ------------------------------------------------------------------ output directory
