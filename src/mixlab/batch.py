@@ -43,6 +43,8 @@ class MixedBatch:
             mixing happens inside the model or per-sample methods are combined).
         forward_fn: how to run a model on this batch; ``None`` means
             ``model(inputs)``. Use :meth:`forward` rather than reading it.
+        aux: what a mixer keeps for its own :meth:`~mixlab.methods.base.Mixer.loss_terms`
+            (a learned mask generator's output, features); empty for most methods.
 
     Example:
         >>> import torch
@@ -60,6 +62,7 @@ class MixedBatch:
     perm: torch.Tensor
     mask: torch.Tensor | None = None
     forward_fn: Forward | None = field(default=None, repr=False)
+    aux: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def forward(self, model: torch.nn.Module) -> Any:
         """Run ``model`` on the mixed batch, mixing inside it when the method says so.

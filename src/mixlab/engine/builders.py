@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from mixlab import losses, schedules
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError
-from mixlab.methods import Mixer, create_mixer
+from mixlab.methods import Mixer, accepted_params, create_mixer
 
 if TYPE_CHECKING:
     from mixlab.engine.config import MixConfig, OptimConfig, ScheduleConfig
@@ -41,11 +41,10 @@ def build_mixer(mix: MixConfig, model: nn.Module | None, *, seed: int | None = N
     if mix.method == "none":
         return None
     options = dict(mix.options)
-    if mix.method == "manifold_mixup":
-        if "layers" not in options and model is not None:
-            options["layers"] = list(getattr(model, "default_manifold_layers", ("input",)))
-        if model is not None:
-            options.setdefault("model", model)
+    if mix.method == "manifold_mixup" and "layers" not in options and model is not None:
+        options["layers"] = list(getattr(model, "default_manifold_layers", ("input",)))
+    if model is not None and "model" in accepted_params(mix.method):
+        options.setdefault("model", model)  # model-aware mixers check their layers against it at once
     if seed is not None and "seed" not in options:
         options["seed"] = seed
     return create_mixer(mix.method, **options)
@@ -158,22 +157,40 @@ def check_loss_options(loss: str, options: dict[str, Any]) -> None:
 # ------------------------------------------------------------------ optimisation
 
 
-def build_optimizer(params: Iterable[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[nn.Parameter], optim: OptimConfig, extra_groups: Iterable[dict[str, Any]] = ()
+) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov) or AdamW; weight decay skips biases and norm weights (1-D parameters).
+
+    ``extra_groups`` are a mixer's :meth:`~mixlab.methods.base.Mixer.optimizer_groups`:
+    their ``lr_scale`` multiplies the learning rate, their ``weight_decay``
+    (default: the run's, still skipping 1-D parameters) overrides it.
 
     Example:
         >>> from mixlab.engine.config import OptimConfig
         >>> type(build_optimizer(nn.Linear(2, 2).parameters(), OptimConfig(name="adamw", lr=1e-3))).__name__
         'AdamW'
     """
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    groups = _decay_groups(params, optim.weight_decay, optim.lr)
+    for extra in extra_groups:
+        unknown = sorted(set(extra) - {"params", "lr_scale", "weight_decay"})
+        if unknown:
+            raise MixlabValueError(f"a mixer's optimizer group has unknown keys {unknown}; accepted: lr_scale, weight_decay")
+        lr = optim.lr * float(extra.get("lr_scale", 1.0))
+        groups += _decay_groups(extra["params"], float(extra.get("weight_decay", optim.weight_decay)), lr)
     if optim.name == "sgd":
         return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov)
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
+
+
+def _decay_groups(params: Iterable[nn.Parameter], weight_decay: float, lr: float) -> list[dict[str, Any]]:
+    """Weight-decayed (>1-D) and undecayed (1-D: biases, norms) groups of the trainable ``params``."""
+    params = [p for p in params if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lr": lr},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr": lr},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def lr_factor(optim: OptimConfig, steps_per_epoch: int, epochs: int) -> Callable[[int], float]:

@@ -22,6 +22,7 @@ from mixlab.data.augment import BatchAugment
 from mixlab.engine.builders import Objective
 from mixlab.engine.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_tensors
 from mixlab.engine.progress import EpochProgress
+from mixlab.methods.context import MixContext
 from mixlab.sampling import derive_seed
 from mixlab.schedules import ScheduledMixer
 
@@ -105,7 +106,10 @@ class Trainer:
         self.dist, self.settings = dist, settings
         self.progress = progress or EpochProgress(enabled=False, echo=False)
         self.on_epoch_end = list(on_epoch_end)
-        self.mixer_params = self.mixer.mixer.trainable_parameters() if self.mixer is not None else []
+        inner = self.mixer.mixer if self.mixer is not None else None
+        self.mixer_params = inner.trainable_parameters() if inner is not None else []
+        # What a model-aware mixer needs (saliency, features, an EMA copy) is computed here, once per mixed step.
+        self.mix_context = MixContext(inner, model).to(dist.device) if inner is not None and inner.needs.anything else None
         self.state = TrainState()
         fp16 = settings.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=fp16)
@@ -199,6 +203,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "mixer": inner.state_dict() if inner is not None else {},
+            "mix_context": self.mix_context.state_dict() if self.mix_context is not None else {},
             "epoch": self.state.epoch,
             "step": self.state.step,
             "history": self.state.history,
@@ -211,6 +216,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.mixer is not None:
             self.mixer.mixer.load_state_dict(state["mixer"])
+        if self.mix_context is not None:
+            self.mix_context.load_state_dict(state.get("mix_context", {}))
         self.state = TrainState(int(state["epoch"]), int(state["step"]), list(state["history"]))
 
     # ------------------------------------------------------------ the step
@@ -223,8 +230,7 @@ class Trainer:
         if self.mixer is None:
             mb = MixedBatch.unmixed(x, y)
         else:
-            context = {"model": self.model}
-            mb = self.mixer(x, y, mix_gen, step=self.state.step, epoch=epoch, context=context)
+            mb = self.mixer(x, y, mix_gen, step=self.state.step, epoch=epoch, context=self._mix_context(x, y, epoch))
         with self._autocast():
             loss, outputs = self.objective(self.model, x, y, mb)
             if self.mixer is not None:
@@ -240,8 +246,20 @@ class Trainer:
             nn.utils.clip_grad_norm_(params, self.settings.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.mixer is not None:
+            self.mixer.mixer.after_step()
+        if self.mix_context is not None:
+            self.mix_context.after_step()
         self.state.step += 1
         return loss, self._correct(outputs.detach(), mb)
+
+    def _mix_context(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, Any]:
+        """The mixer's context; computed only on steps the schedule mixes."""
+        assert self.mixer is not None
+        if self.mix_context is None or not self.mixer.schedule.active(self.state.step, epoch):
+            return {"model": self.model}
+        with self._autocast():
+            return self.mix_context(x, y)
 
     def _set_lr(self) -> None:
         factor = self.lr_factor(self.state.step)

@@ -267,8 +267,7 @@ def _build_trainer(config: RunConfig, splits: DataSplits, dist: DistInfo, progre
         mixer.to(dist.device)
         broadcast_tensors([p.data for p in mixer.trainable_parameters()])  # one starting point on every rank
     scheduled = None if mixer is None else ScheduledMixer(mixer, build_schedule(_seeded_schedule(config)))
-    params = list(model.parameters()) + (mixer.trainable_parameters() if mixer is not None else [])
-    optimizer = build_optimizer(params, config.optim)
+    optimizer = build_optimizer(model.parameters(), config.optim, mixer.optimizer_groups() if mixer else ())
     train_loader = _loader(config, splits.train, dist, train=True, target_mean=target_mean, target_scale=target_scale)
     eval_loaders = {
         name: _loader(config, part, dist, train=False, target_mean=target_mean, target_scale=target_scale)

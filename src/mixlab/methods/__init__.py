@@ -48,6 +48,18 @@ def create_mixer(name: str, **params: Any) -> Mixer:
     return cls(**params)
 
 
+def accepted_params(name: str) -> set[str]:
+    """The keyword arguments mixer ``name`` accepts (including the base mixer's).
+
+    Example:
+        >>> "alpha" in accepted_params("mixup")
+        True
+    """
+    if name not in MIXERS:
+        raise UnknownNameError("mixer", name, MIXERS)
+    return _accepted_params(MIXERS[name])
+
+
 def _accepted_params(cls: type) -> set[str]:
     names: set[str] = set()
     for klass in cls.__mro__:
@@ -76,6 +88,7 @@ __all__ = [
     "ResizeMix",
     "SaliencyMix",
     "SmoothMix",
+    "accepted_params",
     "blend",
     "create_mixer",
     "list_mixers",

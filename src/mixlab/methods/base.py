@@ -22,6 +22,7 @@ import torch.utils.data
 
 from mixlab.batch import MixedBatch, check_num_classes, validate_batch
 from mixlab.errors import MixlabValueError, check_choice, check_int, check_probability
+from mixlab.methods.context import MixerNeeds
 from mixlab.sampling import (
     PairSampler,
     as_cpu_generator,
@@ -236,6 +237,41 @@ class Mixer(ABC):
             {}
         """
         return {}
+
+    @property
+    def needs(self) -> MixerNeeds:
+        """What the mixer needs from the model each step (see :class:`~mixlab.methods.context.MixContext`).
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().needs.anything
+            False
+        """
+        return MixerNeeds(model="model" in self.requires)
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the loop's optimiser: ``{"params": [...], "lr_scale": s, "weight_decay": w}``.
+
+        ``lr_scale`` multiplies the run's learning rate (default 1) and
+        ``weight_decay`` overrides the run's (default: the run's). One group
+        holding :meth:`trainable_parameters` unless a mixer says otherwise.
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().optimizer_groups()
+            []
+        """
+        params = self.trainable_parameters()
+        return [{"params": params}] if params else []
+
+    def after_step(self) -> None:
+        """Called by the loop after each optimiser step (momentum updates, step counters); nothing here.
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().after_step()
+        """
+        return
 
     def to(self, device: torch.device | str) -> Mixer:
         """Move the mixer's own parameters and buffers to ``device`` (none here); returns the mixer.

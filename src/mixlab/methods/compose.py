@@ -12,6 +12,7 @@ from torch import Generator, Tensor
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_non_negative
 from mixlab.methods.base import LAM_MODES, Mixer, MixParams, unmixed_params
+from mixlab.methods.context import MixerNeeds
 from mixlab.sampling import PairSampler, RandomPairing, as_cpu_generator, numpy_rng
 
 MixerSpec = Mixer | str | Mapping[str, Any]
@@ -106,6 +107,28 @@ class RandomChoice(Mixer):
         """The members' trainable parameters, for the training loop."""
         return [param for mixer in self.mixers for param in mixer.trainable_parameters()]
 
+    @property
+    def needs(self) -> MixerNeeds:
+        """What any member needs (computed on every mixed step, whichever member is drawn)."""
+        needs = MixerNeeds()
+        for mixer in self.mixers:
+            needs = needs.union(mixer.needs)
+        return needs
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The members' parameter groups."""
+        return [group for mixer in self.mixers for group in mixer.optimizer_groups()]
+
+    def loss_terms(self, mb: MixedBatch, outputs: Tensor) -> dict[str, Tensor]:
+        """The loss terms of the member that mixed this batch (``mb.aux["choice"]``), if any."""
+        choice = mb.aux.get("choice")
+        return {} if choice is None else self.mixers[choice].loss_terms(mb, outputs)
+
+    def after_step(self) -> None:
+        """Every member's end-of-step update."""
+        for mixer in self.mixers:
+            mixer.after_step()
+
     def to(self, device: Any) -> RandomChoice:
         """Move every member to ``device``."""
         for mixer in self.mixers:
@@ -180,6 +203,7 @@ class RandomChoice(Mixer):
             return MixedBatch.unmixed(x, y)
         if self.mode == "batch":
             mb = self.mixers[params.extra["choice"]].apply(x, y, params, context=context)
+            mb.aux["choice"] = params.extra["choice"]
             if self.inplace and mb.inputs is not x:
                 mb.inputs = x.copy_(mb.inputs)
             return mb

@@ -1,0 +1,358 @@
+"""What a model-aware mixer needs, and the provider that computes exactly that once per step.
+
+A mixer declares its needs as a :class:`MixerNeeds` (its ``needs`` property).
+:class:`MixContext` reads them once, checks them against the model (unknown
+layer names list the available ones, attention-only methods refuse models
+without attention) and then, for each batch, computes only what was asked:
+
+- ``"model"``: the model being trained (always present);
+- ``"saliency"``: ``(N, *spatial)`` magnitude of the input gradient of the clean
+  cross-entropy, as PuzzleMix and Co-Mixup use (Kim et al., ICML 2020, 2009.06962);
+- ``"features"``: ``{layer: output}`` of the named modules on the clean batch,
+  without gradient, from the model or from its EMA copy;
+- ``"ema_model"``: an exponential moving average of the model, updated by
+  :meth:`MixContext.after_step` (AutoMix's momentum pipeline, Liu et al., ECCV 2022, 2103.13027).
+
+The training engine uses this class; so can any loop::
+
+    context = MixContext(mixer, model)
+    for x, y in loader:
+        mb = mixer(x, y, context=context(x, y))
+        loss = mixlab.losses.mixed_cross_entropy(mb.forward(model), mb)
+        loss = loss + sum(mixer.loss_terms(mb, outputs).values())
+        ...; optimizer.step(); mixer.after_step(); context.after_step()
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
+
+MODEL = "model"
+SALIENCY = "saliency"
+FEATURES = "features"
+EMA_MODEL = "ema_model"
+INPUT = "input"
+
+
+@dataclass(frozen=True)
+class MixerNeeds:
+    """What a mixer needs from the model at each step; the default is nothing.
+
+    Attributes:
+        model: the model itself (to hook its forward, as Manifold Mixup and AlignMix do).
+        saliency: the input gradient of the clean loss, reduced over channels.
+        features: module names whose outputs on the clean batch are needed.
+        features_from: ``"model"`` or ``"ema"``: which network the features come from.
+        ema: an EMA copy of the model, kept by the provider.
+        ema_momentum: the EMA's momentum in [0, 1).
+        attention: the model must expose attention maps (``attention_layers``), as ViTs do.
+
+    Example:
+        >>> MixerNeeds(saliency=True).anything
+        True
+        >>> MixerNeeds().anything
+        False
+    """
+
+    model: bool = False
+    saliency: bool = False
+    features: tuple[str, ...] = ()
+    features_from: str = "model"
+    ema: bool = False
+    ema_momentum: float = 0.999
+    attention: bool = False
+
+    def __post_init__(self) -> None:
+        if self.features_from not in ("model", "ema"):
+            raise MixlabValueError(f"features_from must be 'model' or 'ema'; got {self.features_from!r}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise MixlabValueError(f"ema_momentum must be in [0, 1); got {self.ema_momentum!r}")
+
+    @property
+    def anything(self) -> bool:
+        """Whether the mixer needs anything beyond ``(x, y)``."""
+        return self.model or self.saliency or bool(self.features) or self.ema or self.attention
+
+    def union(self, other: MixerNeeds) -> MixerNeeds:
+        """Needs of two mixers used together (features must come from one network).
+
+        Example:
+            >>> MixerNeeds(saliency=True).union(MixerNeeds(model=True)).model
+            True
+        """
+        if self.features and other.features and self.features_from != other.features_from:
+            raise MixlabValueError("mixers used together must take their features from the same network")
+        return MixerNeeds(
+            model=self.model or other.model,
+            saliency=self.saliency or other.saliency,
+            features=tuple(dict.fromkeys(self.features + other.features)),
+            features_from=self.features_from if self.features else other.features_from,
+            ema=self.ema or other.ema or (self.features_from == "ema" and bool(self.features)),
+            ema_momentum=max(self.ema_momentum, other.ema_momentum),
+            attention=self.attention or other.attention,
+        )
+
+
+class MixContext:
+    """Computes, once per step, the context a mixer's :attr:`~mixlab.methods.base.Mixer.needs` ask for.
+
+    Owns the EMA copy of the model when one is needed; :meth:`state_dict`
+    saves it with the checkpoint.
+
+    Args:
+        mixer: any mixer (or its :class:`MixerNeeds`).
+        model: the model being trained; may be wrapped in DDP (the bare
+            module computes saliency and features, so DDP's gradient hooks are not involved).
+
+    Example:
+        >>> from mixlab.models import create_model
+        >>> net = create_model("cnn_small", num_classes=3)
+        >>> context = MixContext(MixerNeeds(saliency=True), net)
+        >>> context(torch.randn(2, 1, 28, 28), torch.tensor([0, 2]))["saliency"].shape
+        torch.Size([2, 28, 28])
+    """
+
+    def __init__(self, mixer: Any, model: nn.Module):
+        if not isinstance(model, nn.Module):
+            raise MixlabTypeError(f"MixContext needs the model (an nn.Module); got {type(model).__name__}")
+        self.needs: MixerNeeds = mixer if isinstance(mixer, MixerNeeds) else mixer.needs
+        self.model = model
+        self.module = getattr(model, "module", model)
+        self.ema_model: nn.Module | None = None
+        if self.needs.ema or (self.needs.features_from == "ema" and self.needs.features):
+            self.ema_model = make_ema(self.module)
+        self.check()
+
+    def check(self) -> None:
+        """Raise if the model lacks a needed layer (listing those it has) or attention."""
+        find_modules(self.module, self.needs.features, what="feature layer")
+        if self.needs.attention:
+            check_attention(self.module)
+
+    def __call__(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """The context for batch ``(x, y)``: only what the needs ask for, plus the model."""
+        context: dict[str, Any] = {MODEL: self.model}
+        if self.needs.saliency:
+            context[SALIENCY] = input_saliency(self.module, x, y)
+        if self.needs.features:
+            source = self.ema_model if self.needs.features_from == "ema" else self.module
+            context[FEATURES] = layer_outputs(source, x, self.needs.features)
+        if self.ema_model is not None:
+            context[EMA_MODEL] = self.ema_model
+        return context
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Move the EMA copy towards the model (after each optimiser step)."""
+        if self.ema_model is not None:
+            update_ema(self.ema_model, self.module, self.needs.ema_momentum)
+
+    def to(self, device: torch.device | str) -> MixContext:
+        """Move the EMA copy to ``device``."""
+        if self.ema_model is not None:
+            self.ema_model.to(device)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The EMA copy's weights (empty without one)."""
+        return {} if self.ema_model is None else {"ema_model": self.ema_model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; a checkpoint without an EMA restarts it from the model."""
+        if self.ema_model is not None:
+            if "ema_model" in state:
+                self.ema_model.load_state_dict(state["ema_model"])
+            else:
+                self.ema_model.load_state_dict(self.module.state_dict())
+
+
+# ------------------------------------------------------------------ the computations
+
+
+def input_saliency(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """``(N, *spatial)`` saliency: the channel-wise RMS of the input gradient of the clean cross-entropy.
+
+    Only the input's gradient is computed (no parameter gradients), and the
+    model's buffers (BatchNorm statistics) are left as they were. Kim et al.,
+    ICML 2020, arXiv 2009.06962, Sec. 3.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 16, 3))
+        >>> input_saliency(net, torch.randn(2, 1, 4, 4), torch.tensor([0, 1])).shape
+        torch.Size([2, 4, 4])
+    """
+    with torch.enable_grad(), frozen_buffers(model):
+        inputs = x.detach().requires_grad_(True)
+        logits = model(inputs).float()
+        if y.is_floating_point() and y.ndim == 2:  # soft labels
+            loss = -(y * logits.log_softmax(1)).sum(1).mean()
+        else:
+            loss = nn.functional.cross_entropy(logits, y)
+        (grad,) = torch.autograd.grad(loss, inputs)
+    return grad.square().mean(1).sqrt() if grad.ndim > 2 else grad.abs()
+
+
+class _StopForwardError(Exception):
+    """Raised by a hook once every needed layer has run, to skip the rest of the forward."""
+
+
+@torch.no_grad()
+def layer_outputs(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+    """Outputs of the named modules on ``x``, without gradient; the forward stops after the last one.
+
+    ``"input"`` stands for ``x`` itself. The model's buffers are left as they were.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> {k: v.shape for k, v in layer_outputs(net, torch.randn(5, 3), ["1"]).items()}
+        {'1': torch.Size([5, 4])}
+    """
+    modules = find_modules(model, layers, what="feature layer")
+    outputs: dict[str, Tensor] = {INPUT: x} if INPUT in layers else {}
+    wanted = {name for name in layers if name != INPUT}
+
+    def make_hook(name: str) -> Any:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if name not in outputs:
+                outputs[name] = output
+            if wanted <= outputs.keys():
+                raise _StopForwardError
+
+        return hook
+
+    if wanted:
+        handles = [modules[name].register_forward_hook(make_hook(name)) for name in wanted]
+        try:
+            with frozen_buffers(model):
+                model(x)
+        except _StopForwardError:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+    return {name: outputs[name] for name in layers}
+
+
+def find_modules(model: nn.Module, names: Sequence[str], *, what: str = "layer") -> dict[str, nn.Module]:
+    """The modules called ``names`` (``"input"`` allowed); unknown names raise, listing the available ones.
+
+    Names may omit DDP's ``module.`` prefix.
+
+    Example:
+        >>> sorted(find_modules(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), ["1"]))
+        ['1']
+    """
+    modules = dict(model.named_modules())
+    found: dict[str, nn.Module] = {}
+    for name in names:
+        if name == INPUT:
+            continue
+        for candidate in (name, f"module.{name}"):
+            if candidate and candidate in modules:
+                found[name] = modules[candidate]
+                break
+        else:
+            known = [INPUT, *(n for n in modules if n)]
+            raise UnknownNameError(what, name, known)
+    return found
+
+
+def check_attention(model: nn.Module, method: str = "this mixer") -> tuple[str, ...]:
+    """The names of ``model``'s attention-map modules; raise if it has none (e.g. a CNN).
+
+    Example:
+        >>> try:
+        ...     check_attention(nn.Linear(2, 2), "transmix")
+        ... except ValueError as err:
+        ...     print(str(err)[:50])
+        transmix needs a model that exposes attention maps
+    """
+    module = getattr(model, "module", model)
+    layers = tuple(getattr(module, "attention_layers", ()))
+    if not layers:
+        raise MixlabValueError(
+            f"{method} needs a model that exposes attention maps (a ViT with attention_layers, such as "
+            f"mixlab's 'vit_tiny'); {type(module).__name__} has none"
+        )
+    find_modules(module, layers, what="attention layer")
+    return layers
+
+
+@contextmanager
+def frozen_buffers(model: nn.Module) -> Iterator[None]:
+    """Run a forward without changing the model's buffers (BatchNorm running statistics).
+
+    Example:
+        >>> bn = nn.BatchNorm1d(2)
+        >>> with frozen_buffers(bn):
+        ...     _ = bn(torch.randn(4, 2) + 5)
+        >>> bn.running_mean.tolist()
+        [0.0, 0.0]
+    """
+    buffers = [b for b in model.buffers() if b is not None]
+    saved = [b.detach().clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` for an exponential moving average (no gradients to its weights).
+
+    Example:
+        >>> ema = make_ema(nn.Linear(2, 2))
+        >>> any(p.requires_grad for p in ema.parameters())
+        False
+    """
+    ema = copy.deepcopy(model)
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, momentum: float) -> None:
+    """``ema = momentum * ema + (1 - momentum) * model`` for weights; buffers are copied.
+
+    Example:
+        >>> a, b = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = a.weight.fill_(0.0), b.weight.fill_(1.0)
+        >>> update_ema(a, b, 0.75)
+        >>> a.weight.item()
+        0.25
+    """
+    ema_params = list(ema.parameters())
+    params = [p.detach() for p in model.parameters()]
+    if ema_params:
+        torch._foreach_lerp_(ema_params, params, 1.0 - momentum)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
+__all__ = [
+    "EMA_MODEL",
+    "FEATURES",
+    "MODEL",
+    "SALIENCY",
+    "MixContext",
+    "MixerNeeds",
+    "check_attention",
+    "find_modules",
+    "frozen_buffers",
+    "input_saliency",
+    "layer_outputs",
+    "make_ema",
+    "update_ema",
+]
