@@ -28,6 +28,7 @@ from mixlab.methods import (
     create_mixer,
     list_mixers,
 )
+from mixlab.methods.context import MixContext, MixerNeeds
 
 __version__ = "0.1.0"
 
@@ -37,9 +38,11 @@ __all__ = [
     "GridMix",
     "ManifoldMixup",
     "Midpoint",
+    "MixContext",
     "MixParams",
     "MixedBatch",
     "Mixer",
+    "MixerNeeds",
     "MixlabError",
     "Mixup",
     "RandomChoice",

@@ -10,7 +10,7 @@ from bench_fixtures import tiny_suite
 
 from mixlab.bench.suite import SuiteError, list_suites, load_suite, plan_suite
 
-SHIPPED = ["quick", "standard", "mnist1d", "cifar100-r18"]
+SHIPPED = ["quick", "standard", "mnist1d", "cifar100-r18", "model_aware"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -25,8 +25,30 @@ def test_shipped_suites_load_and_their_runs_validate(name: str, tmp_path: Path) 
             plan_suite(suite, data_root=root)
         return
     plan = plan_suite(suite, data_root=root)
-    assert len(plan.runs) == len(suite.methods) * len(suite.seeds) * len(suite.models)
+    per_seed = sum(len(m.models) if m.models is not None else len(suite.models) for m in suite.methods)
+    assert len(plan.runs) == per_seed * len(suite.seeds)
     assert len({run.key for run in plan.runs}) == len(plan.runs)
+
+
+def test_model_aware_suite_runs_transmix_on_the_vit_only_with_its_optimiser(tmp_path: Path) -> None:
+    root = tiny_suite(tmp_path).parent / "data"
+    plan = plan_suite(load_suite("model_aware"), data_root=root)
+    models = {(run.method, run.model) for run in plan.runs}
+    assert ("transmix", "vit_tiny") in models and ("transmix", "cnn_small") not in models
+    assert {("erm", "cnn_small"), ("erm", "vit_tiny"), ("puzzlemix", "cnn_small")} <= models
+    assert ("puzzlemix", "vit_tiny") not in models
+    vit = next(run for run in plan.runs if run.model == "vit_tiny")
+    cnn = next(run for run in plan.runs if run.model == "cnn_small")
+    assert vit.config.optim.name == "adamw" and cnn.config.optim.name == "sgd"
+
+
+def test_a_method_limited_to_a_model_the_suite_lacks_is_refused(tmp_path: Path) -> None:
+    path = tiny_suite(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["methods"][-1]["models"] = ["cnn_smal"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteError, match=r"models \['cnn_smal'\] are not among the suite's models"):
+        plan_suite(load_suite(str(path)), data_root=path.parent / "data")
 
 
 def test_quick_suite_matches_the_issue() -> None:

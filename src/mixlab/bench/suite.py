@@ -17,6 +17,9 @@ A suite file looks like::
       - name: erm          # a label; "erm" (no mixing) is the baseline of the step-time ratio
       - name: mixup
         mix: {method: mixup, options: {alpha: 1.0}}
+      - name: transmix     # a method may be limited to some of the models (TransMix needs a ViT)
+        mix: {method: transmix}
+        models: [vit_tiny]
     seeds: [0]
     evaluate: {fgsm_eps: 0.00784, noise_std: 0.1}
 
@@ -55,18 +58,25 @@ class _Strict(BaseModel):
 
 
 class SuiteModel(_Strict):
-    """A backbone entry: its name and options."""
+    """A backbone entry: its name and options, and optimiser/training settings it needs (a ViT wants AdamW)."""
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+    optim: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
 
 
 class SuiteMethod(_Strict):
-    """A method entry: a label and the run config's ``mix`` section (mixer, loss, schedule)."""
+    """A method entry: a label, the run config's ``mix`` section (mixer, loss, schedule), optionally its models.
+
+    ``models`` limits the method to those of the suite's (or dataset's) models
+    with these names; ``None`` runs it on every model.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
     description: str = ""
     mix: dict[str, Any] = Field(default_factory=dict)
+    models: list[str] | None = None
 
 
 class SuiteDataset(_Strict):
@@ -210,14 +220,29 @@ def plan_suite(
         for model in dataset.models or suite.models:
             model = SuiteModel(name=model) if isinstance(model, str) else model
             for method in chosen:
+                if method.models is not None and model.name not in method.models:
+                    continue
                 for seed in suite.seeds:
                     try:
                         runs.append(_run_spec(suite, dataset, model, method, seed, overrides, data_root))
                     except (ConfigError, SuiteError) as error:
                         problems.append(f"{dataset.name}/{model.name}/{method.name}: {error}")
+    problems += _unused_method_models(suite, chosen)
     if problems:
         raise SuiteError(f"suite {suite.name!r} has {len(problems)} invalid run(s):\n" + "\n".join(problems))
     return SuitePlan(suite, runs, notices)
+
+
+def _unused_method_models(suite: Suite, methods: list[SuiteMethod]) -> list[str]:
+    """A method limited to models the suite does not train (a typo would silently drop its runs)."""
+    entries = [*suite.models, *(m for d in suite.datasets for m in (d.models or []))]
+    known = {m if isinstance(m, str) else m.name for m in entries}
+    return [
+        f"method {method.name!r}: models {sorted(set(method.models) - known)} are not among the suite's models "
+        f"{sorted(known)}"
+        for method in methods
+        if method.models is not None and set(method.models) - known
+    ]
 
 
 def _choose_methods(suite: Suite, methods: list[str] | None) -> list[SuiteMethod]:
@@ -269,7 +294,8 @@ def _run_spec(
         suite.base,
         {"name": f"{suite.name}/{key}", "data": {"name": dataset.name, **dataset.data}},
         {"optim": dataset.optim, "train": dataset.train},
-        {"model": model.model_dump(), "mix": method.mix, "train": {"seed": seed}},
+        {"optim": model.optim, "train": model.train},
+        {"model": {"name": model.name, "options": model.options}, "mix": method.mix, "train": {"seed": seed}},
     )
     if data_root is not None:
         raw["data"]["root"] = str(data_root)
