@@ -91,10 +91,11 @@ def mix_figure(
     pairs, seed = check_int("pairs", pairs, 1), check_int("seed", seed)
     layout = check_choice("layout", layout, LAYOUTS)
     _check_batch(x, y)
-    mixer = build_display_mixer(method, options, seed)
     index = spread_classes(y, min(x.shape[0], _BATCH_PER_PAIR * pairs))
     batch, labels = _as_float(x[index].cpu()), y[index].cpu()
-    mixed = _mix(mixer, batch, labels, seed)
+    model = display_model(method, batch, labels) if reads_model(method) else None
+    mixer = build_display_mixer(method, options, seed, model=model)
+    mixed = _mix(mixer, batch, labels, seed, model)
     kind = _kind(mixer, options, mixed, batch)
     shown = partner_indices(labels, mixed.perm, pairs)
     return _draw(method, kind, batch, labels, mixed, shown, class_names, layout)
@@ -145,7 +146,7 @@ def show_method(
 
     options = dict(options or {})
     pairs, seed = check_int("pairs", pairs, 1), check_int("seed", seed)
-    build_display_mixer(*parse_mix({"method": method, "options": options}), seed)
+    check_display_method(method, options, seed)
     splits = load_dataset(dataset, root=data_root)
     x, y = pick_samples(splits.test, _BATCH_PER_PAIR * pairs)
     figure = mix_figure(
@@ -249,8 +250,12 @@ def parse_mix(mix: Mapping[str, Any] | str) -> tuple[str, dict[str, Any]]:
     return mix["method"], dict(options)
 
 
-def build_display_mixer(method: str, options: Mapping[str, Any], seed: int) -> Mixer | None:
-    """The mixer for ``method`` with ``options`` (None for ``"none"``), built as the engine builds it, without a model.
+def build_display_mixer(
+    method: str, options: Mapping[str, Any], seed: int, model: torch.nn.Module | None = None
+) -> Mixer | None:
+    """The mixer for ``method`` with ``options`` (None for ``"none"``), built as the engine builds it.
+
+    With ``model``, model-aware mixers get it (and Manifold Mixup its default layers) as in training.
 
     Raises:
         UnknownNameError: ``method`` is neither ``"none"`` nor a registered mixer (the known ones are listed).
@@ -267,26 +272,95 @@ def build_display_mixer(method: str, options: Mapping[str, Any], seed: int) -> M
         return None
     if method not in list_mixers():
         raise UnknownNameError("mixer", method, [NO_MIXING, *list_mixers()])
-    return create_mixer(method, **{"seed": seed, **options})
+    if model is None:
+        return create_mixer(method, **{"seed": seed, **options})
+    from mixlab.engine.builders import build_mixer
+    from mixlab.engine.config import MixConfig
+
+    return build_mixer(MixConfig(method=method, options=dict(options)), model, seed=seed)
 
 
-def _mix(mixer: Mixer | None, batch: Tensor, labels: Tensor, seed: int) -> MixedBatch:
+def check_display_method(method: str, options: Mapping[str, Any], seed: int) -> None:
+    """Refuse an unknown method or option before any data is read (model-aware ones: by their accepted options).
+
+    Example:
+        >>> check_display_method("puzzlemix", {"beta": 1.0}, 0)
+    """
+    from mixlab.methods import accepted_params
+
+    if not reads_model(method):
+        build_display_mixer(*parse_mix({"method": method, "options": options}), seed)
+        return
+    unknown = sorted(set(options) - accepted_params(method))
+    if unknown:
+        raise MixlabTypeError(f"{method} does not take {', '.join(unknown)}; it accepts: {', '.join(sorted(accepted_params(method)))}")
+
+
+def reads_model(method: str) -> bool:
+    """Whether drawing ``method`` needs a model (saliency, features, attention, a learned generator).
+
+    Manifold Mixup is drawn without one: it mixes hidden states, which a picture of inputs cannot show.
+
+    Example:
+        >>> reads_model("puzzlemix"), reads_model("manifold_mixup"), reads_model("none")
+        (True, False, False)
+    """
+    from mixlab.methods import MIXERS, MODEL_AWARE_MIXERS, ManifoldMixup
+
+    cls = MIXERS.get(method)
+    return cls in MODEL_AWARE_MIXERS and cls is not ManifoldMixup
+
+
+def display_model(method: str, x: Tensor, y: Tensor) -> torch.nn.Module:
+    """An untrained, seeded model for drawing a model-aware mixer: ``vit_tiny`` when it reads attention,
+    else ``cnn_small`` (images) or ``cnn1d`` (signals), sized for ``x``.
+
+    Example:
+        >>> import torch
+        >>> type(display_model("puzzlemix", torch.rand(2, 1, 28, 28), torch.arange(2))).__name__
+        'CNNSmall'
+    """
+    from mixlab.methods import MIXERS
+    from mixlab.models import create_model
+
+    classes = int(y.max()) + 1 if y.ndim == 1 and not y.is_floating_point() else (y.shape[1] if y.ndim == 2 else 1)
+    attention = "attention" in MIXERS[method].requires
+    name = "vit_tiny" if attention else ("cnn_small" if x.ndim == 4 else "cnn1d")
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=max(classes, 2), in_channels=x.shape[1], input_size=tuple(x.shape[2:]))
+    return model.eval()
+
+
+def _mix(mixer: Mixer | None, batch: Tensor, labels: Tensor, seed: int, model: torch.nn.Module | None) -> MixedBatch:
     if mixer is None:
         unmixed = MixedBatch.unmixed(batch, labels)
         # without mixing there is no partner; show the next sample as B so the rows stay comparable
         unmixed.perm = torch.roll(torch.arange(batch.shape[0]), -1)
         return unmixed
-    return mixer(batch, labels, generator=torch.Generator().manual_seed(seed))
+    if model is None:
+        return mixer(batch, labels, generator=torch.Generator().manual_seed(seed))
+    from mixlab.methods.context import MixContext
+
+    context = MixContext(mixer, model)(batch, labels)
+    mixed = mixer(batch, labels, generator=torch.Generator().manual_seed(seed), context=context)
+    with torch.no_grad():
+        mixed.forward(model)  # methods that set the label from the forward (TransMix, SUMix) do so here
+    return mixed
 
 
 def _kind(mixer: Mixer | None, options: Mapping[str, Any], mixed: MixedBatch, batch: Tensor) -> str:
     """``none``, ``hidden`` (mixing inside the model), ``unmixed`` (skipped this draw) or ``input``."""
+    from mixlab.methods import ManifoldMixup
+
     if mixer is None:
         return "none"
     # Built without a model, Manifold Mixup falls back to the input layer; in training the model's
     # own layers are used, so unless layers were given the input is not where it mixes.
-    needs_model = "model" in getattr(mixer, "requires", frozenset()) and "layers" not in options
-    if mixed.forward_fn is not None or needs_model:
+    needs_model = isinstance(mixer, ManifoldMixup) and "layers" not in options
+    if needs_model:
+        return "hidden"
+    # TransMix and SUMix mix the input and also set forward_fn (to relabel from the forward)
+    if mixed.forward_fn is not None and torch.equal(mixed.inputs, batch):
         return "hidden"
     if torch.equal(mixed.inputs, batch):
         return "unmixed" if bool((mixed.lam == 1).all()) else "hidden"

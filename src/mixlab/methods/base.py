@@ -249,6 +249,19 @@ class Mixer(ABC):
         """
         return MixerNeeds(model="model" in self.requires)
 
+    def bind_model(self, model: torch.nn.Module) -> None:
+        """Take defaults that depend on the model (a layer name) when none were given; nothing here.
+
+        :class:`~mixlab.methods.context.MixContext` calls it with the bare model
+        before reading :attr:`needs`, so a mixer built without ``model=`` (as a
+        config is validated) still finds its layers.
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().bind_model(torch.nn.Linear(2, 2))
+        """
+        return
+
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """Parameter groups for the loop's optimiser: ``{"params": [...], "lr_scale": s, "weight_decay": w}``.
 

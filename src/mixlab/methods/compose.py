@@ -124,6 +124,11 @@ class RandomChoice(Mixer):
         choice = mb.aux.get("choice")
         return {} if choice is None else self.mixers[choice].loss_terms(mb, outputs)
 
+    def bind_model(self, model: Any) -> None:
+        """Let every member take its model-dependent defaults."""
+        for mixer in self.mixers:
+            mixer.bind_model(model)
+
     def after_step(self) -> None:
         """Every member's end-of-step update."""
         for mixer in self.mixers:

@@ -124,9 +124,11 @@ class MixContext:
     def __init__(self, mixer: Any, model: nn.Module):
         if not isinstance(model, nn.Module):
             raise MixlabTypeError(f"MixContext needs the model (an nn.Module); got {type(model).__name__}")
-        self.needs: MixerNeeds = mixer if isinstance(mixer, MixerNeeds) else mixer.needs
         self.model = model
         self.module = getattr(model, "module", model)
+        if not isinstance(mixer, MixerNeeds):
+            mixer.bind_model(self.module)
+        self.needs: MixerNeeds = mixer if isinstance(mixer, MixerNeeds) else mixer.needs
         self.ema_model: nn.Module | None = None
         if self.needs.ema or (self.needs.features_from == "ema" and self.needs.features):
             self.ema_model = make_ema(self.module)
@@ -209,7 +211,9 @@ class _StopForwardError(Exception):
 def layer_outputs(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
     """Outputs of the named modules on ``x``, without gradient; the forward stops after the last one.
 
-    ``"input"`` stands for ``x`` itself. The model's buffers are left as they were.
+    ``"input"`` stands for ``x`` itself. The model runs in eval mode (BatchNorm
+    with its running statistics, no dropout), so its buffers are left as they
+    were at no extra cost; its mode is restored afterwards.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -231,12 +235,14 @@ def layer_outputs(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[st
 
     if wanted:
         handles = [modules[name].register_forward_hook(make_hook(name)) for name in wanted]
+        training = model.training
+        model.eval()
         try:
-            with frozen_buffers(model):
-                model(x)
+            model(x)
         except _StopForwardError:
             pass
         finally:
+            model.train(training)
             for handle in handles:
                 handle.remove()
     return {name: outputs[name] for name in layers}

@@ -1,0 +1,694 @@
+"""Feature-guided mixers: AttentiveMix (paste the partner's most attended cells) and AlignMix (align, then mix).
+
+Both read a feature map ``(N, C, *grid)`` of a spatial layer of a network:
+
+- :class:`AttentiveMix` ranks the cells of the partner's map by their channel
+  mean and pastes the top ones into ``x_i`` at the same places (a mask on the input);
+- :class:`AlignMix` aligns the two maps by entropic optimal transport
+  (:func:`sinkhorn_plan`) inside the forward pass and interpolates the aligned maps.
+
+When no layer is given, :func:`default_spatial_layer` picks the model's last
+stage whose feature grid is still at least 7 cells per side (the paper's 7x7
+for AttentiveMix): ``block2`` of ``cnn_small`` on 28x28 inputs, ``layer3`` of
+``preact_resnet18`` on 32x32 inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mixlab.batch import MixedBatch
+from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_int, check_positive
+from mixlab.methods.base import Mixer, MixParams, blend, interpolation_params, label_weight
+from mixlab.methods.context import FEATURES, INPUT, MODEL, MixerNeeds, find_modules, layer_outputs
+
+#: The smallest feature grid (cells per side) a default layer may have: AttentiveMix's 7x7.
+MIN_GRID = 7
+#: Spatial size assumed for probing a model that does not record its input size (CIFAR's 32).
+PROBE_SIZE = 32
+DIRECTIONS = ("random", "to_sample", "to_partner")
+
+
+# ------------------------------------------------------------------ layers
+
+
+def default_spatial_layer(model: nn.Module, *, min_grid: int = MIN_GRID, method: str = "this mixer") -> str:
+    """The last of ``model.stages`` whose output grid is at least ``min_grid`` per side.
+
+    The stages' output shapes are found by one forward of two zero samples of
+    the model's ``input_size`` (32 per side for 2-D models that do not record
+    it), without gradient and leaving the buffers as they were. When no stage
+    is that large, the stage with the largest grid is taken.
+
+    Args:
+        model: a mixlab ``Backbone`` (anything with ``stages`` and ``in_channels``), maybe DDP-wrapped.
+        min_grid: the smallest acceptable number of cells along each spatial dim.
+        method: the mixer's name, for messages.
+
+    Example:
+        >>> from mixlab.models import create_model
+        >>> default_spatial_layer(create_model("cnn_small", num_classes=10, input_size=28))
+        'block2'
+        >>> default_spatial_layer(create_model("cnn_small", num_classes=10, input_size=16))
+        'block1'
+    """
+    module = getattr(model, "module", model)
+    stages = tuple(getattr(module, "stages", ()))
+    channels = getattr(module, "in_channels", None)
+    if not stages or not isinstance(channels, int):
+        raise MixlabValueError(
+            f"{method} cannot pick a default layer: {type(module).__name__} has no `stages` and `in_channels` "
+            "(mixlab models have them); give the layer name, e.g. layer='layer3'"
+        )
+    grids = _stage_grids(module, stages, channels, method)
+    spatial = [name for name in stages if grids[name]]
+    if not spatial:
+        raise MixlabValueError(
+            f"{method}: none of the stages {list(stages)} of {type(module).__name__} gives a spatial feature "
+            "map (N, C, *grid); give a convolutional layer's name"
+        )
+    large = [name for name in spatial if min(grids[name]) >= min_grid]
+    if large:
+        return large[-1]
+    return max(spatial, key=lambda name: math.prod(grids[name]))
+
+
+def _stage_grids(module: nn.Module, stages: tuple[str, ...], channels: int, method: str) -> dict[str, tuple[int, ...]]:
+    """Each stage's spatial output size (empty for non-spatial outputs), from one probe forward."""
+    size = getattr(module, "input_size", None)
+    size = tuple(size) if size else (PROBE_SIZE, PROBE_SIZE)
+    parameter = next(module.parameters(), None)
+    like = parameter if parameter is not None and parameter.is_floating_point() else torch.zeros(())
+    probe = torch.zeros(2, channels, *size, device=like.device, dtype=like.dtype)
+    try:
+        outputs = layer_outputs(module, probe, stages)
+    except Exception as err:  # the model refused the probe: its input size is unknown here
+        raise MixlabValueError(
+            f"{method} could not probe {type(module).__name__} with an input of shape {tuple(probe.shape)} "
+            f"to pick a default layer ({err}); give the layer name"
+        ) from err
+    return {
+        name: tuple(out.shape[2:]) if isinstance(out, Tensor) and out.ndim >= 3 else () for name, out in outputs.items()
+    }
+
+
+def _resolve_layers(model: nn.Module, names: Sequence[str], method: str) -> tuple[str, ...]:
+    """``names`` as module names of the bare model (DDP's ``module.`` prefix dropped); unknown ones raise.
+
+    The error (``UnknownNameError``) lists the model's modules. Bare names work
+    on the DDP-wrapped model too (:func:`~mixlab.methods.context.find_modules`
+    tries the prefix), so they are what the mixers keep.
+    """
+    if not isinstance(model, nn.Module):
+        raise MixlabTypeError(f"{method} needs an nn.Module as model; got {type(model).__name__}")
+    bare = getattr(model, "module", model)
+    known = dict(bare.named_modules())
+    resolved = []
+    for name in names:
+        if name != INPUT and name not in known and name.startswith("module.") and name[7:] in known:
+            name = name[7:]
+        resolved.append(name)
+    find_modules(bare, [name for name in resolved if name != INPUT], what=f"layer for {method}")
+    return tuple(resolved)
+
+
+def _as_grid(grid: int | Sequence[int] | None) -> tuple[int, ...] | None:
+    if grid is None:
+        return None
+    if isinstance(grid, Sequence) and not isinstance(grid, str):
+        sizes = tuple(check_int("grid", g, minimum=1) for g in grid)
+        if not sizes:
+            raise MixlabValueError("grid must be an int or a non-empty tuple of ints; got ()")
+        return sizes
+    return (check_int("grid", grid, minimum=1),)
+
+
+# ------------------------------------------------------------------ AttentiveMix
+
+
+class AttentiveMix(Mixer):
+    """AttentiveMix (Attentive CutMix): paste the partner's ``top_k`` most attended grid cells into ``x_i``.
+
+    A feature map ``(N, C, *grid)`` of each image is averaged over channels into
+    an attention map; the ``top_k`` cells of the partner's map (ties to the
+    earlier cell) are upsampled by nearest neighbour to the input's size and
+    pasted from ``x_j`` into ``x_i`` at the same places. ``lam`` is the exact
+    share of ``x_i`` kept and ``mb.mask`` the binary mask. The paper takes the
+    7x7 final map of a pretrained ResNet-50 and pastes its top 6 cells.
+    Walawalkar, Shen, Liu and Savvides, ICASSP 2020, arXiv 2003.13048.
+
+    The features come from one of, in this order:
+
+    - ``feature_model``: a frozen network (e.g. pretrained; its parameters'
+      ``requires_grad`` is switched off) that the mixer runs itself on ``x``
+      without gradient, as in the paper; the mixer then needs
+      nothing from the training loop (its ``needs`` are empty). It runs in the
+      mode it is in (call ``.eval()`` on a pretrained extractor) and must be on
+      ``x``'s device (:meth:`to` moves it);
+    - ``context["features"][layer]``: the model being trained, on the clean
+      batch, computed once per step by :class:`~mixlab.methods.context.MixContext`
+      (``needs.features == (layer,)``);
+    - ``context["model"]`` or the constructor's ``model``: the mixer runs it up
+      to the layer itself (no gradient, buffers untouched).
+
+    Args:
+        layer: the module whose output is the feature map (a name in
+            ``named_modules()`` of the network that gives the features);
+            default :func:`default_spatial_layer` of ``feature_model`` or ``model``.
+        model: the model being trained, to check ``layer`` and pick the default
+            (the engine passes it).
+        feature_model: a frozen feature extractor to use instead of the trained model.
+        top_k: the number of cells pasted (default 6, the paper's); ``None``
+            draws ``lam`` as usual and pastes ``round((1 - lam) * cells)`` cells.
+        grid: the attention map is average-pooled to this many cells per dim
+            (an int or one per spatial dim); default the feature map's own grid.
+        **kwargs: base :class:`~mixlab.methods.base.Mixer` options (``alpha`` for ``top_k=None``, ``p``, ...).
+
+    Example:
+        >>> import torch
+        >>> extractor = torch.nn.Sequential(torch.nn.AvgPool2d(4))  # a 4x4 grid on 16x16 inputs
+        >>> mixer = AttentiveMix(layer="0", feature_model=extractor, top_k=4)
+        >>> x, y = torch.rand(3, 1, 16, 16), torch.arange(3)
+        >>> mb = mixer(x, y, generator=torch.Generator().manual_seed(0))
+        >>> mb.lam.tolist(), mixer.needs.anything
+        ([0.75, 0.75, 0.75], False)
+    """
+
+    name = "attentivemix"
+    spatial = True
+    default_alpha = 1.0
+
+    def __init__(
+        self,
+        *,
+        layer: str | None = None,
+        model: nn.Module | None = None,
+        feature_model: nn.Module | None = None,
+        top_k: int | None = 6,
+        grid: int | Sequence[int] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.top_k = None if top_k is None else check_int("top_k", top_k, minimum=1)
+        self.grid = _as_grid(grid)
+        if feature_model is not None and not isinstance(feature_model, nn.Module):
+            raise MixlabTypeError(f"feature_model must be an nn.Module; got {type(feature_model).__name__}")
+        if model is not None and not isinstance(model, nn.Module):
+            raise MixlabTypeError(f"model must be an nn.Module; got {type(model).__name__}")
+        self.model = model
+        self.feature_model = feature_model
+        if feature_model is not None:
+            feature_model.requires_grad_(False)
+        if layer is not None and (not isinstance(layer, str) or layer == INPUT):
+            raise MixlabValueError(f"layer must be the name of a module giving a feature map; got {layer!r}")
+        self.layer = layer
+        source = feature_model if feature_model is not None else model
+        if source is not None:
+            self.bind_model(source)
+
+    def bind_model(self, model: nn.Module) -> None:
+        """Pick the last spatial stage of ``model`` (or of ``feature_model``) as ``layer`` if none was given,
+        and check the name against it."""
+        source = self.feature_model if self.feature_model is not None else model
+        if self.layer is None:
+            self.layer = default_spatial_layer(source, method=self.name)
+        (self.layer,) = _resolve_layers(source, [self.layer], self.name)
+
+    @property
+    def needs(self) -> MixerNeeds:
+        """The clean-batch output of ``layer`` from the trained model; nothing when a ``feature_model`` is given.
+
+        Example:
+            >>> AttentiveMix(layer="block2").needs.features
+            ('block2',)
+        """
+        if self.feature_model is not None:
+            return MixerNeeds()
+        if self.layer is None:
+            raise MixlabValueError(
+                "attentivemix needs to know which layer gives the feature map: pass layer='<module name>', "
+                "or model=<the model> (or feature_model=<a frozen network>) to pick the last spatial stage, "
+                "or build its context with MixContext(mixer, model)"
+            )
+        return MixerNeeds(features=(self.layer,))
+
+    def _check_context(self, context: dict[str, Any]) -> None:
+        if self.layer is None and context.get(MODEL) is not None:
+            self.bind_model(getattr(context[MODEL], "module", context[MODEL]))
+        if self.feature_model is not None or self.layer in context.get(FEATURES, {}):
+            return
+        model = context.get(MODEL, self.model)
+        if self.layer is None:
+            self.needs  # raises: says how to give the layer or the model  # noqa: B018
+        if model is None:
+            raise MixlabValueError(
+                f"attentivemix needs the feature map of layer {self.layer!r}: pass "
+                "context=MixContext(mixer, model)(x, y) (mixlab.methods.context.MixContext), or model= or "
+                "feature_model= to the constructor"
+            )
+        (self.layer,) = _resolve_layers(model, [self.layer], self.name)
+
+    def _features(self, x: Tensor, context: dict[str, Any]) -> Tensor:
+        """The feature map of ``layer`` for the clean batch, from the first available source."""
+        if self.feature_model is not None:
+            return layer_outputs(getattr(self.feature_model, "module", self.feature_model), x, [self.layer])[self.layer]
+        features = context.get(FEATURES, {})
+        if self.layer in features:
+            return features[self.layer]
+        model = context.get(MODEL, self.model)
+        return layer_outputs(getattr(model, "module", model), x, [self.layer])[self.layer]
+
+    def attention(self, features: Tensor, spatial_dims: int) -> Tensor:
+        """The attention map ``(N, *grid)``: the channel mean of ``features``, pooled to ``grid`` if set.
+
+        Example:
+            >>> AttentiveMix(layer="f").attention(torch.ones(2, 3, 4, 4), 2).shape
+            torch.Size([2, 4, 4])
+        """
+        if not isinstance(features, Tensor) or features.ndim != spatial_dims + 2:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise MixlabValueError(
+                f"attentivemix: layer {self.layer!r} gives {shape}; it needs a feature map (N, C, *grid) with "
+                f"{spatial_dims} spatial dims like the input; choose a convolutional layer"
+            )
+        attention = features.detach().float().mean(dim=1)
+        if self.grid is not None:
+            grid = self.grid * spatial_dims if len(self.grid) == 1 else self.grid
+            if len(grid) != spatial_dims:
+                raise MixlabValueError(f"grid must give 1 or {spatial_dims} sizes; got {self.grid!r}")
+            pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[spatial_dims - 1]
+            attention = pool(attention.unsqueeze(1), grid).squeeze(1)
+        return attention
+
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
+        n, spatial = x.shape[0], x.shape[2:]
+        attention = self.attention(self._features(x, context), len(spatial)).index_select(0, perm)
+        cells = math.prod(attention.shape[1:])
+        counts = self._cell_counts(lam, n, cells)
+        pasted = top_cells(attention, torch.from_numpy(counts).to(attention.device))
+        keep = (~pasted).unsqueeze(1).to(torch.float32)
+        weight = F.interpolate(keep, size=tuple(spatial), mode="nearest").to(x.dtype)
+        return MixParams(perm=perm, lam=label_weight(weight, n), weight=weight, extra={"pasted_cells": pasted})
+
+    def _cell_counts(self, lam: np.ndarray, n: int, cells: int) -> np.ndarray:
+        """How many cells each sample takes from its partner: ``top_k``, or ``(1 - lam)`` of the cells."""
+        lam = np.broadcast_to(lam, (n,))
+        if self.top_k is None:
+            counts = np.rint((1.0 - lam) * cells).astype(np.int64)
+        elif self.top_k > cells:
+            raise MixlabValueError(
+                f"attentivemix: top_k={self.top_k} but layer {self.layer!r} gives only {cells} cells; "
+                "choose a smaller top_k or an earlier (larger) layer"
+            )
+        else:
+            counts = np.full(n, self.top_k, dtype=np.int64)
+        if self.p < 1.0 and self.lam_mode == "sample":
+            counts = np.where(lam >= 1.0, 0, counts)  # samples the p draw left unmixed
+        return counts
+
+    def to(self, device: torch.device | str) -> AttentiveMix:
+        """Move the ``feature_model`` (if any) to ``device``; returns the mixer.
+
+        Example:
+            >>> AttentiveMix(layer="f").to("cpu").layer
+            'f'
+        """
+        if self.feature_model is not None:
+            self.feature_model.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return f"AttentiveMix(layer={self.layer!r}, top_k={self.top_k}, grid={self.grid}, p={self.p})"
+
+
+def top_cells(attention: Tensor, counts: Tensor) -> Tensor:
+    """A boolean ``(N, *grid)`` map of each sample's ``counts[i]`` highest cells (ties to the earlier cell).
+
+    Example:
+        >>> top_cells(torch.tensor([[0.1, 0.9, 0.5, 0.2]]), torch.tensor([2])).tolist()
+        [[False, True, True, False]]
+    """
+    flat = attention.flatten(1)
+    order = flat.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return (ranks < counts.view(-1, 1)).view(attention.shape)
+
+
+# ------------------------------------------------------------------ AlignMix
+
+
+@torch.no_grad()
+def sinkhorn_plan(cost: Tensor, epsilon: float = 0.1, iterations: int = 30, absorb_every: int = 10) -> Tensor:
+    """Entropic optimal transport plans ``(B, n, m)`` with uniform marginals ``1/n`` (rows) and ``1/m`` (columns).
+
+    Solves ``min <P, C> - epsilon * H(P)`` for every cost matrix of the batch
+    at once. Stabilised Sinkhorn-Knopp (Cuturi, NeurIPS 2013, arXiv 1306.0895;
+    Schmitzer, SIAM J. Sci. Comput. 2019, arXiv 1610.06519): one log-domain
+    step, then matrix-vector scaling steps whose scalings are absorbed into
+    log-domain potentials every ``absorb_every`` steps, so nothing under- or
+    overflows at small ``epsilon``, while most steps are cheap batched
+    products. Runs in float32 (also under autocast), without gradient. The
+    last step fits the columns exactly; the rows converge with ``iterations``.
+
+    Args:
+        cost: ``(B, n, m)`` non-negative costs.
+        epsilon: entropic regularisation (> 0), in the cost's units.
+        iterations: Sinkhorn iterations (row and column scaling each), >= 1.
+        absorb_every: scaling steps between absorptions, >= 1.
+
+    Example:
+        >>> plan = sinkhorn_plan(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]), epsilon=0.01)
+        >>> plan.sum(dim=2), plan.argmax(dim=2)
+        (tensor([[0.5000, 0.5000]]), tensor([[0, 1]]))
+    """
+    epsilon = check_positive("epsilon", epsilon)
+    iterations = check_int("iterations", iterations, minimum=1)
+    absorb_every = check_int("absorb_every", absorb_every, minimum=1)
+    if cost.ndim != 3:
+        raise MixlabValueError(f"cost must have shape (B, n, m); got {tuple(cost.shape)}")
+    with torch.autocast(cost.device.type, enabled=False):
+        scaled = cost.detach().float() / epsilon
+        n, m = scaled.shape[1:]
+        log_a, log_b = -math.log(n), -math.log(m)
+        # Potentials f, g in units of epsilon; the plan is exp(f_i + g_j - C_ij / epsilon).
+        f = log_a - torch.logsumexp(-scaled, dim=2, keepdim=True)
+        g = log_b - torch.logsumexp(f - scaled, dim=1, keepdim=True)
+        done = 1
+        while done < iterations:
+            # After a column step every entry is <= 1/m, so the kernel cannot overflow.
+            kernel = torch.exp(f + g - scaled)
+            u = torch.ones_like(f)
+            v = torch.ones_like(g).transpose(1, 2)
+            steps = min(absorb_every, iterations - done)
+            for _ in range(steps):
+                u = (1.0 / n) / torch.bmm(kernel, v).clamp_min(_TINY)
+                v = (1.0 / m) / torch.bmm(kernel.transpose(1, 2), u).clamp_min(_TINY)
+            f = f + u.log()
+            g = g + v.log().transpose(1, 2)
+            done += steps
+        return torch.exp(f + g - scaled)
+
+
+#: Floor of the Sinkhorn divisions: keeps the scalings finite between absorptions.
+_TINY = 1e-20
+_FLOAT_TINY = torch.finfo(torch.float32).tiny
+
+
+def alignment_cost(features: Tensor, partner: Tensor, normalize: bool = True) -> Tensor:
+    """Squared Euclidean distances ``(B, n, m)`` between the position vectors ``(B, n, C)`` and ``(B, m, C)``.
+
+    With ``normalize``, each matrix is divided by its mean, so that a plan's
+    ``epsilon`` is relative to the typical cost and does not drift with the
+    scale of the features during training. Float32, no gradient.
+
+    Example:
+        >>> alignment_cost(torch.tensor([[[0.0], [2.0]]]), torch.tensor([[[0.0], [1.0]]]), normalize=False)
+        tensor([[[0., 1.],
+                 [4., 1.]]])
+    """
+    with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
+        a, b = features.detach().float(), partner.detach().float()
+        squared_a = a.square().sum(dim=2, keepdim=True)
+        squared_b = b.square().sum(dim=2).unsqueeze(1)
+        cost = torch.baddbmm(squared_a + squared_b, a, b.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
+        if normalize:
+            cost = cost / cost.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        return cost
+
+
+def align_and_mix(
+    features: Tensor,
+    perm: Tensor,
+    lam: Tensor,
+    to_partner: Tensor | None = None,
+    *,
+    epsilon: float = 0.1,
+    iterations: int = 30,
+    normalize: bool = True,
+) -> Tensor:
+    """AlignMix of feature maps ``(N, C, *grid)``: align each map with its partner's, then interpolate.
+
+    With ``A = h_i`` and ``A' = h_perm[i]`` as ``C x r`` matrices of the ``r``
+    position vectors, ``P`` the entropic OT plan between their positions
+    (:func:`sinkhorn_plan` on :func:`alignment_cost`, no gradient) and
+    ``R = r P`` the assignment, the result is ``lam * A + (1 - lam) * A' R^T``
+    (the partner aligned to ``x_i``'s geometry), or where ``to_partner`` is
+    set ``lam * A R + (1 - lam) * A'`` (``x_i`` aligned to the partner's
+    geometry). ``R``'s rows (resp. columns) are rescaled to sum to exactly 1,
+    which the plan reaches only in the limit of many iterations, so every
+    aligned vector is a convex combination. Gradients flow through both maps.
+    Venkataramanan, Kijak, Amsaleg and Avrithis, CVPR 2022, arXiv 2103.15375, Sec. 3.
+
+    Args:
+        features: ``(N, C, *grid)`` feature maps.
+        perm: ``(N,)`` partner indices.
+        lam: ``(N,)`` weights of ``h_i``'s content.
+        to_partner: ``(N,)`` bool, which samples align ``h_i`` to the partner; default none.
+        epsilon: entropic regularisation of the plan.
+        iterations: Sinkhorn iterations.
+        normalize: divide each cost matrix by its mean (see :func:`alignment_cost`).
+
+    Example:
+        >>> h = torch.randn(2, 3, 2, 2)
+        >>> mixed = align_and_mix(h, torch.tensor([1, 0]), torch.tensor([0.5, 0.5]))
+        >>> mixed.shape, torch.equal(align_and_mix(h, torch.tensor([1, 0]), torch.ones(2)), h)
+        (torch.Size([2, 3, 2, 2]), True)
+    """
+    n, channels = features.shape[:2]
+    grid = features.shape[2:]
+    positions = math.prod(grid)
+    compute = torch.promote_types(features.dtype, torch.float32)
+    # (N, r, C): a view for channels_last maps, the layout the engine uses on CPU.
+    own = features.movedim(1, -1).reshape(n, positions, channels).to(compute)
+    partner = own.index_select(0, perm)
+    plan = sinkhorn_plan(alignment_cost(own, partner, normalize), epsilon, iterations)
+    weight = lam.to(device=features.device, dtype=compute).view(n, 1, 1)
+    flags = torch.zeros(n, dtype=torch.bool) if to_partner is None else to_partner.cpu()
+    with torch.autocast(features.device.type, enabled=False):
+        mixed = None
+        # R = r P, with its rows (or columns) made to sum to exactly 1 after the finite number of
+        # iterations, so that every aligned vector is a convex combination of the other map's vectors.
+        if not bool(flags.all()):  # partner aligned to the sample: lam * A + (1 - lam) * A' R^T
+            rows = (plan / plan.sum(dim=2, keepdim=True).clamp_min(_FLOAT_TINY)).to(compute)
+            mixed = torch.lerp(torch.bmm(rows, partner), own, weight)
+        if bool(flags.any()):  # sample aligned to the partner: lam * A R + (1 - lam) * A'
+            columns = (plan / plan.sum(dim=1, keepdim=True).clamp_min(_FLOAT_TINY)).to(compute)
+            other = torch.lerp(partner, torch.bmm(columns.transpose(1, 2), own), weight)
+            mask = flags.to(features.device).view(n, 1, 1)
+            mixed = other if mixed is None else torch.where(mask, other, mixed)
+    assert mixed is not None
+    return mixed.to(features.dtype).reshape(n, *grid, channels).movedim(-1, 1)
+
+
+class AlignMix(Mixer):
+    """AlignMix: align the feature maps of each pair by optimal transport, interpolate them, finish the forward.
+
+    At a layer drawn per batch from ``layers``, a forward hook replaces the
+    output ``h`` by :func:`align_and_mix` of ``h`` and its partners' ``h[perm]``:
+    each map's ``H x W`` position vectors are matched to the partner's by an
+    entropic optimal-transport plan (batched Sinkhorn over the whole batch on
+    the device, float32, squared Euclidean cost), the matched features are
+    interpolated with ``lam``, and the model continues from there, as in
+    Manifold Mixup. The label weight is ``lam``. Run the model with
+    ``mb.forward(model)`` (``mb.inputs`` is ``x``); works through DDP.
+    ``"input"`` among ``layers`` means plain mixup of the inputs there (the
+    paper's training draws input mixup or aligned mixing with equal chance).
+    Default ``alpha=2`` (the paper's). Venkataramanan, Kijak, Amsaleg and
+    Avrithis, CVPR 2022, arXiv 2103.15375.
+
+    Args:
+        layers: candidate module names (and/or ``"input"``), one drawn per batch;
+            default :func:`default_spatial_layer` of the model (``block2`` of a
+            28x28 ``cnn_small``, ``layer3`` of a 32x32 ``preact_resnet18``).
+        model: the model, to check the names and pick the default (the engine
+            passes it); may instead come per call as ``context={"model": model}``.
+        epsilon: entropic regularisation, relative to the mean cost when
+            ``normalize_cost`` (default 0.1, the paper's value).
+        iterations: Sinkhorn iterations (default 30).
+        direction: ``"random"`` (the paper: each batch, or each sample in sample
+            mode, aligns either way with equal chance), ``"to_sample"``
+            (``lam * A + (1 - lam) * A' R^T``: ``x_i``'s geometry) or ``"to_partner"``
+            (``lam * A R + (1 - lam) * A'``: the partner's geometry).
+        normalize_cost: divide each cost matrix by its mean (the paper uses raw squared distances).
+        **kwargs: base :class:`~mixlab.methods.base.Mixer` options.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> mixer = AlignMix(layers=["0"], model=net)
+        >>> mb = mixer(torch.randn(5, 1, 4, 4), torch.randint(0, 3, (5,)), context={"model": net})
+        >>> mb.forward(net).shape, mixer.needs.model
+        (torch.Size([5, 3]), True)
+    """
+
+    name = "alignmix"
+    requires = frozenset({"model"})
+    default_alpha = 2.0
+
+    def __init__(
+        self,
+        *,
+        layers: Sequence[str] | None = None,
+        model: nn.Module | None = None,
+        epsilon: float = 0.1,
+        iterations: int = 30,
+        direction: str = "random",
+        normalize_cost: bool = True,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.epsilon = check_positive("epsilon", epsilon)
+        self.iterations = check_int("iterations", iterations, minimum=1)
+        self.direction = check_choice("alignmix direction", direction, DIRECTIONS)
+        if not isinstance(normalize_cost, bool):
+            raise MixlabTypeError(f"normalize_cost must be True or False; got {normalize_cost!r}")
+        self.normalize_cost = normalize_cost
+        if model is not None and not isinstance(model, nn.Module):
+            raise MixlabTypeError(f"model must be an nn.Module; got {type(model).__name__}")
+        self.model = model
+        if layers is not None:
+            if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+                raise MixlabValueError(f"layers must be a non-empty list of module names; got {layers!r}")
+            if not all(isinstance(name, str) for name in layers):
+                raise MixlabTypeError(f"layers must be module names (str); got {list(layers)!r}")
+            layers = tuple(layers)
+            if model is not None:
+                layers = _resolve_layers(model, layers, self.name)
+        elif model is not None:
+            layers = (default_spatial_layer(model, method=self.name),)
+        self.layers: tuple[str, ...] | None = layers
+
+    @property
+    def needs(self) -> MixerNeeds:
+        """The model itself (to hook its forward); nothing is computed ahead.
+
+        Example:
+            >>> AlignMix(layers=["f"]).needs.model
+            True
+        """
+        return MixerNeeds(model=True)
+
+    def _model(self, context: dict[str, Any]) -> nn.Module | None:
+        model = context.get(MODEL, self.model)
+        return None if model is None else getattr(model, "module", model)
+
+    def _check_context(self, context: dict[str, Any]) -> None:
+        model = self._model(context)
+        if model is None:
+            if self.layers is not None and all(name == INPUT for name in self.layers):
+                return
+            raise MixlabValueError(
+                "alignmix mixes inside the model and needs it: pass context=MixContext(mixer, model)(x, y) "
+                "(mixlab.methods.context.MixContext) or context={'model': model}, or model= to the constructor"
+            )
+        if self.layers is None:  # no model at construction: pick the default from the first one seen
+            self.layers = (default_spatial_layer(model, method=self.name),)
+        self.layers = _resolve_layers(model, self.layers, self.name)
+
+    def _sample_params(
+        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
+    ) -> MixParams:
+        assert self.layers is not None  # set by _check_context
+        params = interpolation_params(x, perm, lam)
+        params.extra["layer"] = self.layers[int(rng.integers(len(self.layers)))]
+        # Samples left unmixed (lam = 1, the p draw) keep their own map: no alignment to the partner.
+        unmixed = np.broadcast_to(lam, (x.shape[0],)) >= 1.0
+        params.extra["to_partner"] = self._draw_directions(len(lam), x.shape[0], rng) & ~unmixed
+        return params
+
+    def _draw_directions(self, draws: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Per-sample flags: align ``h_i`` to the partner (True) or the partner to ``h_i``."""
+        if self.direction == "random":
+            return np.broadcast_to(rng.random(draws) < 0.5, (n,)).copy()
+        return np.full(n, self.direction == "to_partner")
+
+    def _mix(self, x: Tensor, params: MixParams, context: dict[str, Any]) -> Tensor:
+        if params.extra["layer"] == INPUT:
+            return blend(x, params.perm, params.weight, inplace=self.inplace)
+        return x
+
+    def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
+        """Mix at the input, or return a batch whose ``forward`` aligns and mixes at the drawn layer."""
+        mb = super().apply(x, y, params, context=context)
+        layer = params.extra.get("layer", INPUT)
+        if params.mixed and layer != INPUT:
+            to_partner = torch.from_numpy(params.extra["to_partner"])
+            mb.forward_fn = _AlignedHiddenMix(
+                layer, params.perm, params.lam, to_partner, self.epsilon, self.iterations, self.normalize_cost
+            )
+            mb.mask = None
+        return mb
+
+    def __repr__(self) -> str:
+        return (
+            f"AlignMix(layers={self.layers}, epsilon={self.epsilon}, iterations={self.iterations}, "
+            f"direction={self.direction!r}, lam={self.lam_sampler!r}, p={self.p})"
+        )
+
+
+class _AlignedHiddenMix:
+    """Runs a model with one module's output replaced by :func:`align_and_mix` (first call only)."""
+
+    def __init__(
+        self,
+        layer: str,
+        perm: Tensor,
+        lam: Tensor,
+        to_partner: Tensor,
+        epsilon: float,
+        iterations: int,
+        normalize: bool,
+    ):
+        self.layer, self.perm, self.lam, self.to_partner = layer, perm, lam, to_partner
+        self.epsilon, self.iterations, self.normalize = epsilon, iterations, normalize
+
+    def __call__(self, model: nn.Module, inputs: Tensor) -> Any:
+        module = find_modules(model, [self.layer], what="layer for alignmix")[self.layer]
+        done = False
+
+        def mix_output(_module: nn.Module, _args: Any, output: Any) -> Tensor:
+            nonlocal done
+            if done:  # a module called twice (weight sharing) is mixed once
+                return output
+            if not isinstance(output, Tensor) or output.ndim < 3:
+                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+                raise MixlabValueError(
+                    f"alignmix: module {self.layer!r} gives {shape}; it needs a feature map (N, C, *grid) "
+                    "to align; choose a convolutional layer"
+                )
+            done = True
+            return align_and_mix(
+                output,
+                self.perm,
+                self.lam,
+                self.to_partner,
+                epsilon=self.epsilon,
+                iterations=self.iterations,
+                normalize=self.normalize,
+            )
+
+        handle = module.register_forward_hook(mix_output)
+        try:
+            return model(inputs)
+        finally:
+            handle.remove()
+
+
+__all__ = [
+    "AlignMix",
+    "AttentiveMix",
+    "align_and_mix",
+    "alignment_cost",
+    "default_spatial_layer",
+    "sinkhorn_plan",
+    "top_cells",
+]
