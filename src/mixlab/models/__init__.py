@@ -29,6 +29,7 @@ from mixlab.models.base import Backbone, count_parameters
 from mixlab.models.resnet import PreActBlock, PreActResNet, WideResNet, preact_resnet18, wrn_28_k
 from mixlab.models.small import MLP, CNN1d, CNNSmall, cnn1d, cnn_small, mlp
 from mixlab.models.timm_adapter import MissingDependencyError, TimmBackbone, timm_model
+from mixlab.models.vit import ViTTiny, vit_tiny
 
 #: A model builder: ``builder(num_classes, in_channels, input_size, **kwargs) -> Backbone``.
 ModelBuilder = Callable[..., Backbone]
@@ -39,6 +40,7 @@ MODELS: dict[str, ModelBuilder] = {
     "mlp": mlp,
     "preact_resnet18": preact_resnet18,
     "wrn_28_k": wrn_28_k,
+    "vit_tiny": vit_tiny,
 }
 
 TIMM_PREFIX = "timm:"
@@ -52,7 +54,7 @@ def list_models() -> list[str]:
 
     Example:
         >>> list_models()
-        ['cnn1d', 'cnn_small', 'mlp', 'preact_resnet18', 'wrn_28_k', 'timm:<name>']
+        ['cnn1d', 'cnn_small', 'mlp', 'preact_resnet18', 'vit_tiny', 'wrn_28_k', 'timm:<name>']
     """
     return [*sorted(MODELS), f"{TIMM_PREFIX}<name>"]
 
@@ -138,6 +140,7 @@ __all__ = [
     "PreActBlock",
     "PreActResNet",
     "TimmBackbone",
+    "ViTTiny",
     "WideResNet",
     "cnn1d",
     "cnn_small",
@@ -148,5 +151,6 @@ __all__ = [
     "mlp",
     "preact_resnet18",
     "timm_model",
+    "vit_tiny",
     "wrn_28_k",
 ]

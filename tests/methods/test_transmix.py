@@ -1,0 +1,195 @@
+"""TransMix: CutMix inputs, labels from the mixed forward's class attention on a ViT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mixer_checks import assert_trains, check_contract, digits, own_loop, small_cnn
+from torch import nn
+
+from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
+from mixlab.losses import mixed_cross_entropy
+from mixlab.methods.attention import TRANSMIX_BASES, TransMix, attention_lambda, patch_fractions
+from mixlab.methods.context import MixContext
+from mixlab.models import ViTTiny, create_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> object:
+    """Tiny models run fastest on one thread, the more so on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_vit(seed: int = 0, **options: object) -> ViTTiny:
+    torch.manual_seed(seed)
+    return create_model("vit_tiny", 10, 1, 16, **{"dim": 32, "depth": 2, "heads": 2, **options})  # type: ignore[return-value]
+
+
+def forward_with_attention(mb: object, model: ViTTiny) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``mb.forward(model)`` and return the outputs and the last block's attention seen on the way."""
+    seen: list[torch.Tensor] = []
+    handle = model.blocks[-1].attn.map.register_forward_hook(lambda _m, _a, out: seen.append(out.detach()))
+    try:
+        outputs = mb.forward(model)
+    finally:
+        handle.remove()
+    return outputs, seen[0]
+
+
+def test_contract_on_a_small_vit() -> None:
+    x, y = digits(24)
+    model = small_vit()
+    mb = check_contract(TransMix(model=model), x, y, model, lam_is_mask_mean=True)
+    assert mb.forward_fn is not None and mb.mask is not None
+
+
+def test_lam_after_forward_is_the_class_attention_share_on_x_i() -> None:
+    x, y = digits(16)
+    model = small_vit()
+    mixer = TransMix(model=model, lam_mode="sample")
+    mb = mixer(x, y, generator=torch.Generator().manual_seed(5), context={"model": model})
+    area = mb.lam.clone()
+    _, attention = forward_with_attention(mb, model)
+    cls = attention[:, :, 0, 1:].mean(dim=1)  # (N, 16): the class token's attention over the 4x4 patches
+    # share of each 4x4-pixel patch taken from x_i, by reshaping the mask into patches
+    keep = mb.mask.expand(16, 1, 16, 16).reshape(16, 4, 4, 4, 4).mean(dim=(2, 4)).flatten(1)
+    expected = (cls * keep).sum(1) / cls.sum(1)
+    torch.testing.assert_close(mb.lam, expected)
+    assert mb.lam.dtype == torch.float32 and not mb.lam.requires_grad
+    assert bool(((mb.lam >= 0) & (mb.lam <= 1)).all())
+    assert not torch.allclose(mb.lam, area), "the attention did not change the label weight"
+
+
+def test_lam_is_detached_and_the_task_loss_backpropagates() -> None:
+    x, y = digits(8)
+    model = small_vit().train()
+    mb = TransMix(model=model)(x, y, generator=torch.Generator().manual_seed(0), context={"model": model})
+    loss = mixed_cross_entropy(mb.forward(model), mb)
+    assert not mb.lam.requires_grad
+    loss.backward()
+    assert model.patch_embed.weight.grad is not None and model.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_unmixed_samples_keep_lam_one() -> None:
+    x, y = digits(32)
+    model = small_vit()
+    mixer = TransMix(model=model, lam_mode="sample", p=0.5)
+    mb = mixer(x, y, generator=torch.Generator().manual_seed(1), context={"model": model})
+    whole = mb.mask.flatten(1).amin(1) == 1.0
+    assert whole.any() and (~whole).any()
+    mb.forward(model)
+    assert torch.equal(mb.lam[whole], torch.ones(int(whole.sum())))
+    unmixed = TransMix(model=model, p=0.0)(x, y, context={"model": model})
+    assert unmixed.forward_fn is None and torch.equal(unmixed.lam, torch.ones(32))
+
+
+def test_works_through_a_ddp_style_wrapper() -> None:
+    class Wrapper(nn.Module):
+        def __init__(self, module: nn.Module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.module(x)
+
+    x, y = digits(8)
+    model = small_vit()
+    wrapped = Wrapper(model)
+    mixer = TransMix(model=wrapped)
+    mb = mixer(x, y, generator=torch.Generator().manual_seed(2), context=MixContext(mixer, wrapped)(x, y))
+    outputs, attention = forward_with_attention(mb, model)
+    assert outputs.shape == (8, 10)
+    torch.testing.assert_close(mb.lam, attention_lambda(attention, mb.mask))
+
+
+def test_chosen_layer_and_unknown_layer() -> None:
+    x, y = digits(8)
+    model = small_vit()
+    mixer = TransMix(model=model, layer="blocks.0.attn.map", lam=0.5)
+    mb = mixer(x, y, generator=torch.Generator().manual_seed(0), context={"model": model})
+    seen: list[torch.Tensor] = []
+    handle = model.blocks[0].attn.map.register_forward_hook(lambda _m, _a, out: seen.append(out))
+    mb.forward(model)
+    handle.remove()
+    torch.testing.assert_close(mb.lam, attention_lambda(seen[0], mb.mask))
+    with pytest.raises(
+        UnknownNameError, match=r"unknown attention layer 'blocks.9.attn.map'; known: .*blocks.0.attn.map"
+    ):
+        TransMix(model=model, layer="blocks.9.attn.map")
+
+
+@pytest.mark.parametrize("base", TRANSMIX_BASES)
+def test_each_cutting_base(base: str) -> None:
+    x, y = digits(8)
+    model = small_vit()
+    mixer = TransMix(model=model, base=base, alpha=1.0)
+    mb = mixer(x, y, generator=torch.Generator().manual_seed(4), context={"model": model})
+    assert mb.inputs.shape == x.shape
+    outputs, attention = forward_with_attention(mb, model)
+    assert torch.isfinite(outputs).all()
+    assert bool(((mb.lam >= 0) & (mb.lam <= 1)).all())
+    torch.testing.assert_close(mb.lam, attention_lambda(attention, mb.mask))
+
+
+def test_base_options_and_unknown_bases() -> None:
+    model = small_vit()
+    assert TransMix(model=model, base="fmix", base_options={"decay_power": 2.0}).base.decay_power == 2.0
+    with pytest.raises(UnknownNameError, match=r"unknown base mixer for transmix 'mixup'; known: cutmix, fmix"):
+        TransMix(model=model, base="mixup")
+    with pytest.raises(MixlabValueError, match=r"give alpha to transmix itself, not in base_options"):
+        TransMix(model=model, base_options={"alpha": 0.5})
+    with pytest.raises(MixlabTypeError, match=r"cutmix does not take decay_power"):
+        TransMix(model=model, base_options={"decay_power": 2.0})
+    with pytest.raises(MixlabTypeError, match=r"base_options must be a dict"):
+        TransMix(model=model, base_options=[1])  # type: ignore[arg-type]
+    with pytest.raises(MixlabValueError, match=r"alpha must be a finite number > 0"):
+        TransMix(model=model, alpha=-1.0)
+
+
+def test_defaults_follow_the_paper() -> None:
+    mixer = TransMix()
+    assert mixer.name == "transmix" and mixer.spatial and mixer.base.name == "cutmix"
+    assert mixer.needs.model and mixer.needs.attention
+    assert mixer.base.lam_sampler.alpha == 1.0  # CutMix's alpha in the DeiT recipe the paper trains with
+    assert TransMix(alpha=0.3).base.lam_sampler.alpha == 0.3
+
+
+def test_refuses_a_model_without_attention() -> None:
+    x, y = digits(4)
+    cnn = small_cnn()
+    with pytest.raises(
+        MixlabValueError, match=r"transmix needs a model that exposes attention maps.*vit_tiny.*CNNSmall"
+    ):
+        TransMix(model=cnn)
+    mixer = TransMix()
+    with pytest.raises(MixlabValueError, match=r"transmix needs a model that exposes attention maps"):
+        mixer(x, y, context={"model": cnn})
+    with pytest.raises(MixlabValueError, match=r"needs a model that exposes attention maps"):
+        MixContext(mixer, cnn)
+    with pytest.raises(MixlabValueError, match=r"transmix needs the model .*model=.*MixContext"):
+        mixer(x, y)
+
+
+def test_patch_fractions_and_attention_lambda_by_hand() -> None:
+    weight = torch.ones(2, 1, 4, 6)
+    weight[0, :, :2, :3] = 0.0  # the top-left patch of a 2x2 grid (2x3 pixels each) from the partner
+    weight[1, :, :, 0] = 0.0  # the first column: a third of patches 0 and 2
+    torch.testing.assert_close(patch_fractions(weight, 4), torch.tensor([[0.0, 1, 1, 1], [2 / 3, 1, 2 / 3, 1]]))
+    attention = torch.zeros(2, 2, 5, 5)
+    attention[:, 0, 0] = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2])
+    attention[:, 1, 0] = torch.tensor([0.0, 0.4, 0.2, 0.2, 0.2])
+    # mean over heads over the patches: [0.3, 0.2, 0.2, 0.2], total 0.9
+    expected = torch.tensor([0.6 / 0.9, (0.3 * 2 / 3 + 0.2 + 0.2 * 2 / 3 + 0.2) / 0.9])
+    torch.testing.assert_close(attention_lambda(attention, weight), expected)
+    with pytest.raises(MixlabValueError, match=r"5 patch tokens do not form a grid"):
+        patch_fractions(weight, 5)
+
+
+def test_trains_a_small_vit_in_a_users_loop() -> None:
+    x, y = digits()
+    model = small_vit(dim=48)
+    result = own_loop(TransMix(model=model), model, x, y, steps=200, lr=0.03)
+    assert_trains(result)
