@@ -136,7 +136,8 @@ def run_setting(key: str, methods: list[str], args: argparse.Namespace, device: 
     setting = SETTINGS[key]
     steps = args.steps or setting.steps
     splits = random_splits() if key == "r18" else load_dataset("fashion_mnist", subset_per_class=400)
-    wanted = [m for m in methods if (m in ATTENTION_ONLY) == (key == "vit") or key == "vit" and m == "cutmix"]
+    on_vit = key == "vit"
+    wanted = [m for m in methods if (m in ATTENTION_ONLY) == on_vit or (on_vit and m == "cutmix")]
     trainers = {m: build_trainer(setting, m, splits, device) for m in ["none", *wanted]}
     data = batches(trainers["none"], steps)
     times: dict[str, list[float]] = {m: [] for m in trainers}

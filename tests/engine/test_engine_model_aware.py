@@ -3,6 +3,7 @@ learned mixers' state (and the EMA copy) survives a crash and resume exactly."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def model_for(method: str) -> dict:
 class _SaliencyProbe(Mixup):
     """Mixup that records, at each call, whether the context held a saliency map."""
 
-    seen: list[bool] = []
+    seen: typing.ClassVar[list[bool]] = []
 
     @property
     def needs(self) -> MixerNeeds:
@@ -71,7 +72,7 @@ def test_every_model_aware_mixer_trains_by_name_in_the_engine(method, data_root)
     assert 0.0 <= record["test_acc"] <= 1.0
 
 
-class _Crash(Exception):
+class _CrashError(Exception):
     pass
 
 
@@ -87,9 +88,9 @@ def test_learned_mixer_state_and_ema_resume_exactly(method, data_root, tmp_path)
 
     def crash_after_first(record: dict) -> None:
         if record["epoch"] == 1:
-            raise _Crash
+            raise _CrashError
 
-    with pytest.raises(_Crash):
+    with pytest.raises(_CrashError):
         run(config, tmp_path / "cut", on_epoch_end=crash_after_first)
     first = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert first["epoch"] == 1 and first["mixer"], "the learned mixer's state is not in the checkpoint"
