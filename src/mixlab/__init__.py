@@ -13,6 +13,11 @@ from mixlab import errors, losses, masks, sampling, schedules
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabError
 from mixlab.methods import (
+    AdAutoMix,
+    AlignMix,
+    AttentiveMix,
+    AutoMix,
+    CoMixup,
     CutMix,
     FMix,
     GridMix,
@@ -21,10 +26,13 @@ from mixlab.methods import (
     Mixer,
     MixParams,
     Mixup,
+    PuzzleMix,
     RandomChoice,
     ResizeMix,
     SaliencyMix,
     SmoothMix,
+    SUMix,
+    TransMix,
     create_mixer,
     list_mixers,
 )
@@ -33,6 +41,11 @@ from mixlab.methods.context import MixContext, MixerNeeds
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdAutoMix",
+    "AlignMix",
+    "AttentiveMix",
+    "AutoMix",
+    "CoMixup",
     "CutMix",
     "FMix",
     "GridMix",
@@ -45,10 +58,13 @@ __all__ = [
     "MixerNeeds",
     "MixlabError",
     "Mixup",
+    "PuzzleMix",
     "RandomChoice",
     "ResizeMix",
+    "SUMix",
     "SaliencyMix",
     "SmoothMix",
+    "TransMix",
     "__version__",
     "create_mixer",
     "errors",

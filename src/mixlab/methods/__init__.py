@@ -6,17 +6,35 @@ import inspect
 from typing import Any
 
 from mixlab.errors import MixlabTypeError, UnknownNameError
+from mixlab.methods.attention import TransMix
 from mixlab.methods.base import Mixer, MixParams, blend
+from mixlab.methods.comixup import CoMixup
 from mixlab.methods.compose import RandomChoice
+from mixlab.methods.context import MixContext, MixerNeeds
+from mixlab.methods.feature import AlignMix, AttentiveMix
 from mixlab.methods.interpolation import Midpoint, Mixup
+from mixlab.methods.learned import AdAutoMix, AutoMix
 from mixlab.methods.manifold import ManifoldMixup
 from mixlab.methods.masking import CutMix, FMix, GridMix, ResizeMix, SmoothMix
+from mixlab.methods.puzzle import PuzzleMix
 from mixlab.methods.saliency import SaliencyMix
+from mixlab.methods.sumix import SUMix
 
-MIXERS: dict[str, type[Mixer]] = {
-    cls.name: cls
-    for cls in (Mixup, Midpoint, CutMix, ResizeMix, FMix, GridMix, SmoothMix, SaliencyMix, ManifoldMixup, RandomChoice)
-}
+#: mixers that need nothing but the batch.
+STATIC_MIXERS: tuple[type[Mixer], ...] = (Mixup, Midpoint, CutMix, ResizeMix, FMix, GridMix, SmoothMix, SaliencyMix)
+#: mixers that read the model (its gradients, features, attention) or learn with it.
+MODEL_AWARE_MIXERS: tuple[type[Mixer], ...] = (
+    ManifoldMixup,
+    PuzzleMix,
+    CoMixup,
+    AttentiveMix,
+    AlignMix,
+    AutoMix,
+    AdAutoMix,
+    SUMix,
+    TransMix,
+)
+MIXERS: dict[str, type[Mixer]] = {cls.name: cls for cls in (*STATIC_MIXERS, *MODEL_AWARE_MIXERS, RandomChoice)}
 
 
 def list_mixers() -> list[str]:
@@ -76,18 +94,30 @@ def _accepted_params(cls: type) -> set[str]:
 
 __all__ = [
     "MIXERS",
+    "MODEL_AWARE_MIXERS",
+    "STATIC_MIXERS",
+    "AdAutoMix",
+    "AlignMix",
+    "AttentiveMix",
+    "AutoMix",
+    "CoMixup",
     "CutMix",
     "FMix",
     "GridMix",
     "ManifoldMixup",
     "Midpoint",
+    "MixContext",
     "MixParams",
     "Mixer",
+    "MixerNeeds",
     "Mixup",
+    "PuzzleMix",
     "RandomChoice",
     "ResizeMix",
+    "SUMix",
     "SaliencyMix",
     "SmoothMix",
+    "TransMix",
     "accepted_params",
     "blend",
     "create_mixer",
