@@ -6,13 +6,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
-from mixlab.methods.base import Mixer, MixParams
+from mixlab.methods.base import Mixer, MixParams, RelabellingMixer
 from mixlab.methods.context import MixerNeeds, check_attention, find_modules
 
 #: Cutting mixers whose per-pixel masks TransMix can read.
@@ -121,7 +120,7 @@ def attention_lambda(attention: Tensor, weight: Tensor, num_prefix_tokens: int =
     return ((cls * keep).sum(dim=1) / total).clamp_(0.0, 1.0)
 
 
-class TransMix(Mixer):
+class TransMix(RelabellingMixer):
     """TransMix: cut-and-paste inputs, labels weighted by a ViT's class attention on the mixed image.
 
     The inputs are mixed by a cutting mixer (``base``, CutMix by default). The label
@@ -206,19 +205,6 @@ class TransMix(Mixer):
                 "TransMix(...) or context=MixContext(mixer, model)(x, y)"
             )
         self._check_model(model)
-
-    def _draw(
-        self, x: Tensor, y: Tensor, rng: np.random.Generator, alpha_scale: float, context: dict | None
-    ) -> MixParams:
-        return self.base._draw(x, y, rng, alpha_scale, context)
-
-    def _sample_params(
-        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
-    ) -> MixParams:
-        return self.base._sample_params(x, y, perm, lam, rng, context)
-
-    def _mix(self, x: Tensor, params: MixParams, context: dict[str, Any]) -> Tensor:
-        return self.base._mix(x, params, context)
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
         """Cut and paste as the base does; ``mb.forward(model)`` then sets ``mb.lam`` from the attention."""

@@ -320,6 +320,35 @@ class Mixer(ABC):
         return f"{type(self).__name__}(lam={self.lam_sampler!r}, lam_mode={self.lam_mode!r}, p={self.p})"
 
 
+class RelabellingMixer(Mixer):
+    """A mixer that draws and mixes exactly as a wrapped mixer ``self.base`` and changes only the label.
+
+    Subclasses (TransMix, SUMix) set ``self.base`` in their constructor and
+    override :meth:`apply` to attach their relabelling to the batch.
+    """
+
+    base: Mixer
+
+    def _draw(
+        self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, alpha_scale: float, context: dict | None
+    ) -> MixParams:
+        return self.base._draw(x, y, rng, alpha_scale, context)
+
+    def _sample_params(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        perm: torch.Tensor,
+        lam: np.ndarray,
+        rng: np.random.Generator,
+        context: dict[str, Any],
+    ) -> MixParams:
+        return self.base._sample_params(x, y, perm, lam, rng, context)
+
+    def _mix(self, x: torch.Tensor, params: MixParams, context: dict[str, Any]) -> torch.Tensor:
+        return self.base._mix(x, params, context)
+
+
 def blend(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     """Return ``weight * x + (1 - weight) * x[perm]`` in one gather and one fused lerp.
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_int, check_non_negative, check_positive
 from mixlab.methods.attention import build_base_mixer
-from mixlab.methods.base import Mixer, MixParams
+from mixlab.methods.base import MixParams, RelabellingMixer
 from mixlab.methods.context import FEATURES, MixerNeeds, find_modules, layer_outputs
 
 #: The cutting mixers SUMix corrects (those of the paper).
@@ -76,7 +75,7 @@ def pooled(features: Tensor) -> Tensor:
     return features if features.ndim == 2 else features.flatten(2).mean(dim=2)
 
 
-class SUMix(Mixer):
+class SUMix(RelabellingMixer):
     """SUMix: a cutting mixer whose label ratio follows the semantics of the mixed sample, plus an uncertainty term.
 
     The inputs are mixed by ``base`` (CutMix, FMix, ResizeMix or SaliencyMix). With ``z_i``
@@ -264,19 +263,6 @@ class SUMix(Mixer):
                 f"sumix needs the clean batch's features at {self.layer!r}: pass "
                 "context=MixContext(mixer, model)(x, y) (mixlab.methods.context.MixContext)"
             )
-
-    def _draw(
-        self, x: Tensor, y: Tensor, rng: np.random.Generator, alpha_scale: float, context: dict | None
-    ) -> MixParams:
-        return self.base._draw(x, y, rng, alpha_scale, context)
-
-    def _sample_params(
-        self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
-    ) -> MixParams:
-        return self.base._sample_params(x, y, perm, lam, rng, context)
-
-    def _mix(self, x: Tensor, params: MixParams, context: dict[str, Any]) -> Tensor:
-        return self.base._mix(x, params, context)
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
         """Mix as the base does; ``mb.forward(model)`` then captures ``ẑ`` and sets ``mb.lam`` to ``λ̂``."""
