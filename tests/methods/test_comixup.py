@@ -125,7 +125,7 @@ def test_lam_one_leaves_the_batch_unmixed() -> None:
     assert torch.equal(mb.inputs, x) and torch.equal(mb.lam, torch.ones(5))
 
 
-def test_the_thread_count_is_restored() -> None:
+def test_mixing_leaves_the_process_thread_count_alone() -> None:
     torch.set_num_threads(2)  # the module fixture restores the caller's count afterwards
     CoMixup()(torch.randn(4, 1, 8, 8), torch.arange(4), _generator(), context={"saliency": torch.rand(4, 8, 8)})
     assert torch.get_num_threads() == 2

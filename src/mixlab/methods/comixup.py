@@ -27,8 +27,7 @@ Here each output mixes two sources (``x_i`` and its partner ``x_perm[i]``), so
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -656,20 +655,19 @@ class CoMixup(Mixer):
             raise MixlabValueError(f"comixup: context['saliency'] must have shape {(n, *spatial)}; got {shape}")
         blocks = block_grid(spatial, self.grid)
         ratios = torch.from_numpy(np.broadcast_to(np.asarray(lam, dtype=np.float32), (n,)).copy()).to(x.device)
-        with _single_threaded(x.device):
-            problem = CoMixupProblem.build(
-                block_saliency(saliency.to(x.device), blocks),
-                perm,
-                ratios,
-                blocks,
-                beta=self.beta,
-                gamma=self.gamma,
-                eta=self.eta,
-                tau=self.tau,
-                omega=self.omega,
-            )
-            generator = torch_generator(rng, x.device)
-            z = solve_comixup(problem, restarts=self.restarts, sweeps=self.sweeps, generator=generator)
+        problem = CoMixupProblem.build(
+            block_saliency(saliency.to(x.device), blocks),
+            perm,
+            ratios,
+            blocks,
+            beta=self.beta,
+            gamma=self.gamma,
+            eta=self.eta,
+            tau=self.tau,
+            omega=self.omega,
+        )
+        generator = torch_generator(rng, x.device)
+        z = solve_comixup(problem, restarts=self.restarts, sweeps=self.sweeps, generator=generator)
         weight = blocks_to_mask(z, blocks, spatial).to(x.dtype)
         return MixParams(perm=perm, lam=label_weight(weight, n), weight=weight, extra={"blocks": z})
 
@@ -679,25 +677,6 @@ class CoMixup(Mixer):
             f"omega={self.omega}, restarts={self.restarts}, sweeps={self.sweeps}, lam={self.lam_sampler!r}, "
             f"lam_mode={self.lam_mode!r}, p={self.p})"
         )
-
-
-@contextmanager
-def _single_threaded(device: torch.device) -> Iterator[None]:
-    """Run the solver's many small CPU ops on one thread.
-
-    Its tensors hold thousands to a few hundred thousand elements: handing each
-    op to a thread pool costs more than it saves, and on a busy machine a pool
-    waiting for a descheduled thread costs many times the op itself.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _check_grid(grid: object) -> int | tuple[int, ...]:
