@@ -16,6 +16,7 @@ from mixlab.bench.records import RunRecord
 from mixlab.bench.report import write_report
 from mixlab.bench.show import mix_figure, mix_gallery, mix_grid, partner_indices, show_method
 from mixlab.errors import MixlabValueError, UnknownNameError
+from mixlab.methods import list_mixers
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -143,3 +144,10 @@ def test_mix_gallery_feeds_the_report(tmp_path: Path) -> None:
     ]
     written = write_report(runs, tmp_path, suite="quick", gallery=mix_gallery(x, y, pairs=2))
     assert written["gallery"].read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize("method", [m for m in list_mixers() if m != "random_choice"])
+def test_every_mixer_can_be_drawn(method: str) -> None:
+    x, y = torch.rand(24, 1, 28, 28), torch.arange(24) % 10
+    image = mix_grid(method, x, y, pairs=2, layout="strip")
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8

@@ -342,9 +342,10 @@ def _mix(mixer: Mixer | None, batch: Tensor, labels: Tensor, seed: int, model: t
     from mixlab.methods.context import MixContext
 
     context = MixContext(mixer, model)(batch, labels)
-    mixed = mixer(batch, labels, generator=torch.Generator().manual_seed(seed), context=context)
-    with torch.no_grad():
+    with torch.no_grad():  # learned mixers' outputs carry gradient to their generator: not wanted for a picture
+        mixed = mixer(batch, labels, generator=torch.Generator().manual_seed(seed), context=context)
         mixed.forward(model)  # methods that set the label from the forward (TransMix, SUMix) do so here
+    mixed.inputs, mixed.lam = mixed.inputs.detach(), mixed.lam.detach()
     return mixed
 
 
