@@ -22,7 +22,7 @@ from mixlab.data.augment import BatchAugment
 from mixlab.engine.builders import Objective
 from mixlab.engine.distributed import DistInfo, all_reduce_sum, average_gradients, broadcast_tensors
 from mixlab.engine.progress import EpochProgress
-from mixlab.methods.context import MixContext
+from mixlab.methods.context import MixContext, unwrap
 from mixlab.sampling import derive_seed
 from mixlab.schedules import ScheduledMixer
 
@@ -96,7 +96,7 @@ class Trainer:
         on_epoch_end: Iterable[Callable[[Trainer, dict[str, Any]], None]] = (),
     ):
         self.model = model
-        self.module = getattr(model, "module", model)
+        self.module = unwrap(model)
         self.train_loader, self.eval_loaders = train_loader, eval_loaders
         self.augment, self.mixer, self.objective = augment, mixer, objective
         self.optimizer, self.lr_factor = optimizer, lr_factor

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
 from mixlab.methods.base import Mixer, MixParams, RelabellingMixer
-from mixlab.methods.context import MixerNeeds, check_attention, find_modules
+from mixlab.methods.context import MixerNeeds, check_attention, find_modules, unwrap
 
 #: Cutting mixers whose per-pixel masks TransMix can read.
 TRANSMIX_BASES = ("cutmix", "fmix", "gridmix", "resizemix", "saliencymix", "smoothmix")
@@ -194,7 +194,7 @@ class TransMix(RelabellingMixer):
             raise MixlabTypeError(f"transmix needs the model (an nn.Module); got {type(model).__name__}")
         check_attention(model, self.name)
         if self.layer is not None:
-            find_modules(getattr(model, "module", model), [self.layer], what="attention layer")
+            find_modules(unwrap(model), [self.layer], what="attention layer")
         self._checked = model
 
     def _check_context(self, context: dict[str, Any]) -> None:
@@ -224,7 +224,7 @@ class _AttentionLabel:
         self.batch, self.weight, self.layer = batch, weight, layer
 
     def __call__(self, model: nn.Module, inputs: Tensor) -> Any:
-        module = getattr(model, "module", model)  # DDP: hook the wrapped module, run the wrapper
+        module = unwrap(model)  # DDP: hook the wrapped module, run the wrapper
         layer = self.layer or check_attention(module, TransMix.name)[-1]
         target = find_modules(module, [layer], what="attention layer")[layer]
         seen: list[Tensor] = []

@@ -125,7 +125,7 @@ class MixContext:
         if not isinstance(model, nn.Module):
             raise MixlabTypeError(f"MixContext needs the model (an nn.Module); got {type(model).__name__}")
         self.model = model
-        self.module = getattr(model, "module", model)
+        self.module = unwrap(model)
         if not isinstance(mixer, MixerNeeds):
             mixer.bind_model(self.module)
         self.needs: MixerNeeds = mixer if isinstance(mixer, MixerNeeds) else mixer.needs
@@ -282,7 +282,7 @@ def check_attention(model: nn.Module, method: str = "this mixer") -> tuple[str, 
         ...     print(str(err)[:50])
         transmix needs a model that exposes attention maps
     """
-    module = getattr(model, "module", model)
+    module = unwrap(model)
     layers = tuple(getattr(module, "attention_layers", ()))
     if not layers:
         raise MixlabValueError(
@@ -291,6 +291,20 @@ def check_attention(model: nn.Module, method: str = "this mixer") -> tuple[str, 
         )
     find_modules(module, layers, what="attention layer")
     return layers
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module inside a DDP (or DataParallel) wrapper, or ``model`` itself.
+
+    Hooks and attributes (layers, ``attention_layers``) live on the bare module;
+    the forward pass still runs through the wrapper.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> unwrap(net) is net
+        True
+    """
+    return unwrap(model)
 
 
 @contextmanager
@@ -360,5 +374,6 @@ __all__ = [
     "input_saliency",
     "layer_outputs",
     "make_ema",
+    "unwrap",
     "update_ema",
 ]

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_int, check_positive
 from mixlab.methods.base import Mixer, MixParams, blend, interpolation_params, label_weight
-from mixlab.methods.context import FEATURES, INPUT, MODEL, MixerNeeds, find_modules, layer_outputs
+from mixlab.methods.context import FEATURES, INPUT, MODEL, MixerNeeds, find_modules, layer_outputs, unwrap
 
 #: The smallest feature grid (cells per side) a default layer may have: AttentiveMix's 7x7.
 MIN_GRID = 7
@@ -59,7 +59,7 @@ def default_spatial_layer(model: nn.Module, *, min_grid: int = MIN_GRID, method:
         >>> default_spatial_layer(create_model("cnn_small", num_classes=10, input_size=16))
         'block1'
     """
-    module = getattr(model, "module", model)
+    module = unwrap(model)
     stages = tuple(getattr(module, "stages", ()))
     channels = getattr(module, "in_channels", None)
     if not stages or not isinstance(channels, int):
@@ -108,7 +108,7 @@ def _resolve_layers(model: nn.Module, names: Sequence[str], method: str) -> tupl
     """
     if not isinstance(model, nn.Module):
         raise MixlabTypeError(f"{method} needs an nn.Module as model; got {type(model).__name__}")
-    bare = getattr(model, "module", model)
+    bare = unwrap(model)
     known = dict(bare.named_modules())
     resolved = []
     for name in names:
@@ -241,7 +241,7 @@ class AttentiveMix(Mixer):
 
     def _check_context(self, context: dict[str, Any]) -> None:
         if self.layer is None and context.get(MODEL) is not None:
-            self.bind_model(getattr(context[MODEL], "module", context[MODEL]))
+            self.bind_model(unwrap(context[MODEL]))
         if self.feature_model is not None or self.layer in context.get(FEATURES, {}):
             return
         model = context.get(MODEL, self.model)
@@ -258,12 +258,12 @@ class AttentiveMix(Mixer):
     def _features(self, x: Tensor, context: dict[str, Any]) -> Tensor:
         """The feature map of ``layer`` for the clean batch, from the first available source."""
         if self.feature_model is not None:
-            return layer_outputs(getattr(self.feature_model, "module", self.feature_model), x, [self.layer])[self.layer]
+            return layer_outputs(unwrap(self.feature_model), x, [self.layer])[self.layer]
         features = context.get(FEATURES, {})
         if self.layer in features:
             return features[self.layer]
         model = context.get(MODEL, self.model)
-        return layer_outputs(getattr(model, "module", model), x, [self.layer])[self.layer]
+        return layer_outputs(unwrap(model), x, [self.layer])[self.layer]
 
     def attention(self, features: Tensor, spatial_dims: int) -> Tensor:
         """The attention map ``(N, *grid)``: the channel mean of ``features``, pooled to ``grid`` if set.
@@ -579,7 +579,7 @@ class AlignMix(Mixer):
 
     def _model(self, context: dict[str, Any]) -> nn.Module | None:
         model = context.get(MODEL, self.model)
-        return None if model is None else getattr(model, "module", model)
+        return None if model is None else unwrap(model)
 
     def _check_context(self, context: dict[str, Any]) -> None:
         model = self._model(context)

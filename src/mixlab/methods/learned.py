@@ -44,7 +44,7 @@ from mixlab.errors import (
 )
 from mixlab.losses import mixed_cross_entropy
 from mixlab.methods.base import Mixer, MixParams, ratios_to_device
-from mixlab.methods.context import EMA_MODEL, FEATURES, INPUT, MixerNeeds, find_modules
+from mixlab.methods.context import EMA_MODEL, FEATURES, INPUT, MixerNeeds, find_modules, unwrap
 
 #: Where a learned mixer keeps, in ``MixedBatch.aux``, what its ``loss_terms`` need.
 AUX_KEY = "learned_mix"
@@ -272,7 +272,7 @@ class _LearnedMaskMixer(Mixer):
             >>> mixer.layer, mixer.mix_block.in_channels
             ('layer3', 256)
         """
-        module = getattr(model, "module", model)
+        module = unwrap(model)
         if self.layer is None:
             stages = tuple(getattr(module, "stages", ()) or ())
             if not stages:

@@ -12,7 +12,7 @@ from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_int, check_non_negative, check_positive
 from mixlab.methods.attention import build_base_mixer
 from mixlab.methods.base import MixParams, RelabellingMixer
-from mixlab.methods.context import FEATURES, MixerNeeds, find_modules, layer_outputs
+from mixlab.methods.context import FEATURES, MixerNeeds, find_modules, layer_outputs, unwrap
 
 #: The cutting mixers SUMix corrects (those of the paper).
 SUMIX_BASES = ("cutmix", "fmix", "resizemix", "saliencymix")
@@ -348,7 +348,7 @@ class _SemanticLabel:
 def _bare(model: nn.Module) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise MixlabTypeError(f"sumix needs the model (an nn.Module); got {type(model).__name__}")
-    return getattr(model, "module", model)  # DDP wraps the model as .module
+    return unwrap(model)  # DDP wraps the model as .module
 
 
 def _pick_layer(module: nn.Module, layer: str | None) -> str:
