@@ -29,6 +29,20 @@ from mixlab.sampling import torch_generator
 Shape = Sequence[int]
 
 
+def block_index(size: int, blocks: int | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The block of each position along one dim: ``floor(i * blocks / size)``; blocks differ by at most one.
+
+    The one block partition of mixlab: GridMix cells, PuzzleMix and Co-Mixup blocks
+    (:mod:`mixlab.methods.blocks`) all use it. ``blocks`` may be a tensor of
+    per-sample counts that broadcasts against the positions.
+
+    Example:
+        >>> block_index(10, 3).tolist()
+        [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    """
+    return torch.div(torch.arange(size, device=device) * blocks, size, rounding_mode="floor")
+
+
 def _aranges(shape: Shape, device: torch.device) -> list[torch.Tensor]:
     """One coordinate vector per spatial dim, shaped to broadcast over ``(M, *shape)``."""
     d = len(shape)
@@ -208,12 +222,11 @@ def grid_weight(
     max_cells = int(cells.max())
     keep = rng.random((m, max_cells**d)) < np.asarray(lam)[:, None]
     keep = torch.from_numpy(keep).to(device, torch.float32)
-    n = torch.from_numpy(np.asarray(cells)).to(device).view(-1, *([1] * d))
+    n = torch.from_numpy(np.asarray(cells)).to(device).view(-1, 1)
     cell_index = torch.zeros((m, *shape), dtype=torch.long, device=device)
-    for coord in _aranges(shape, device):
-        size = coord.numel()
-        n_k = n.clamp(max=size)  # never more cells than positions along this dim
-        cell_index = cell_index * max_cells + (coord * n_k) // size
+    for k, size in enumerate(shape):
+        per_dim = block_index(size, n.clamp(max=size), device)  # never more cells than positions along a dim
+        cell_index = cell_index * max_cells + per_dim.view(-1, *([1] * k), size, *([1] * (d - k - 1)))
     return torch.gather(keep, 1, cell_index.view(m, -1)).view(m, 1, *shape)
 
 
