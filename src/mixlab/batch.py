@@ -31,13 +31,23 @@ Forward = Callable[[torch.nn.Module, torch.Tensor], Any]
 class MixedBatch:
     """A mixed batch and everything a loss needs to score it.
 
+    Most methods mix two sources: output ``i`` is made of ``x_i`` and its partner
+    ``x_perm[i]``, labelled ``lam_i`` and ``1 - lam_i``. Some (Co-Mixup, AdAutoMix)
+    mix ``K > 2``: :attr:`sources` ``(N, K)`` says which inputs each output is drawn
+    from and :attr:`weights` ``(N, K)`` their label weights (rows sum to 1). For two
+    sources both are derived from ``perm`` and ``lam`` (``sources[:, 0]`` is
+    ``arange(N)``, ``weights[:, 0]`` is ``lam``); build a ``K``-source batch with
+    :meth:`from_sources`. :meth:`soft_targets`, :meth:`mixed_target` and the mixed
+    losses use every source; losses defined for two sources only call
+    :meth:`require_two_sources`.
+
     Attributes:
         inputs: the mixed inputs, same shape, dtype and device as ``x``.
-        target_a: the original targets ``y``.
-        target_b: the partners' targets ``y[perm]``.
+        target_a: the original targets ``y`` (with ``K > 2``: those of the first source).
+        target_b: the partners' targets ``y[perm]`` (with ``K > 2``: those of the second source).
         lam: ``(N,)`` float32, the weight of ``target_a`` in the label of each
             sample (after any area correction).
-        perm: ``(N,)`` long, the index of each sample's partner.
+        perm: ``(N,)`` long, the index of each sample's partner (with ``K > 2``: the second source).
         mask: optional per-element weight of ``x`` in ``inputs``, broadcastable
             to ``x`` (for mixup a ``(N or 1, 1, ..., 1)`` weight; ``None`` when the
             mixing happens inside the model or per-sample methods are combined).
@@ -63,6 +73,136 @@ class MixedBatch:
     mask: torch.Tensor | None = None
     forward_fn: Forward | None = field(default=None, repr=False)
     aux: dict[str, Any] = field(default_factory=dict, repr=False)
+    # K > 2 sources only; two-source batches derive them from perm and lam when read (see the properties).
+    _sources: torch.Tensor | None = field(default=None, repr=False)
+    _weights: torch.Tensor | None = field(default=None, repr=False)
+    _source_targets: torch.Tensor | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_sources(
+        cls,
+        inputs: torch.Tensor,
+        y: torch.Tensor,
+        sources: torch.Tensor,
+        weights: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        **extra: Any,
+    ) -> MixedBatch:
+        """A batch whose output ``i`` is drawn from inputs ``sources[i]`` with label weights ``weights[i]``.
+
+        Args:
+            inputs: the mixed inputs ``(N, ...)``.
+            y: the targets of the un-mixed batch (indexed by ``sources``).
+            sources: ``(N, K)`` long, ``K >= 2``, indices into the batch.
+            weights: ``(N, K)`` non-negative label weights, each row summing to 1.
+            mask: optional per-element weights (method-specific for ``K > 2``).
+            extra: ``forward_fn`` or ``aux``.
+
+        Example:
+            >>> y = torch.tensor([0, 1, 2])
+            >>> src = torch.tensor([[0, 1, 2], [1, 2, 0], [2, 0, 1]])
+            >>> w = torch.tensor([[0.5, 0.25, 0.25]]).expand(3, 3)
+            >>> mb = MixedBatch.from_sources(torch.zeros(3, 1), y, src, w)
+            >>> mb.num_sources, mb.soft_targets(3)[0].tolist()
+            (3, [0.5, 0.25, 0.25])
+        """
+        n = inputs.shape[0]
+        if sources.ndim != 2 or sources.shape[0] != n or sources.shape[1] < 2 or sources.dtype != torch.long:
+            raise MixlabValueError(
+                f"sources must be a long tensor of shape (N={n}, K>=2); got {sources.dtype} {tuple(sources.shape)}"
+            )
+        if weights.shape != sources.shape or not weights.is_floating_point():
+            raise MixlabValueError(
+                f"weights must be floating with the shape of sources {tuple(sources.shape)}; got "
+                f"{weights.dtype} {tuple(weights.shape)}"
+            )
+        weights = weights.to(torch.float32)
+        if not torch.allclose(weights.sum(1), torch.ones((), device=weights.device), atol=1e-4) or bool(
+            (weights < 0).any()
+        ):
+            raise MixlabValueError("weights must be non-negative and each row must sum to 1")
+        source_targets = y.index_select(0, sources.flatten()).view(n, sources.shape[1], *y.shape[1:])
+        # Two sources keep the ordinary form: the weights are read from lam, so relabelling methods stay consistent.
+        return cls(
+            inputs,
+            source_targets[:, 0],
+            source_targets[:, 1],
+            weights[:, 0].contiguous(),
+            sources[:, 1].contiguous(),
+            mask,
+            _sources=sources,
+            _weights=weights if sources.shape[1] > 2 else None,
+            _source_targets=source_targets,
+            **extra,
+        )
+
+    @property
+    def num_sources(self) -> int:
+        """``K``, the number of inputs each output is drawn from (2 for most methods).
+
+        Example:
+            >>> MixedBatch.unmixed(torch.zeros(2, 1), torch.tensor([0, 1])).num_sources
+            2
+        """
+        return 2 if self._sources is None else int(self._sources.shape[1])
+
+    @property
+    def sources(self) -> torch.Tensor:
+        """``(N, K)`` long: the inputs each output is drawn from; for two sources ``[arange(N), perm]``.
+
+        Example:
+            >>> y = torch.tensor([0, 1])
+            >>> MixedBatch(torch.zeros(2, 1), y, y.flip(0), torch.tensor([0.75, 0.75]), torch.tensor([1, 0])).sources
+            tensor([[0, 1],
+                    [1, 0]])
+        """
+        if self._sources is not None:
+            return self._sources
+        own = torch.arange(self.perm.shape[0], device=self.perm.device)
+        return torch.stack((own, self.perm.long()), dim=1)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """``(N, K)`` float32 label weights of :attr:`sources` (rows sum to 1); for two sources ``[lam, 1 - lam]``.
+
+        Always read from ``lam`` for two sources, so a method that relabels the
+        batch after mixing (TransMix, SUMix) is seen here too.
+
+        Example:
+            >>> y = torch.tensor([0, 1])
+            >>> MixedBatch(torch.zeros(2, 1), y, y.flip(0), torch.tensor([0.75, 0.75]), torch.tensor([1, 0])).weights
+            tensor([[0.7500, 0.2500],
+                    [0.7500, 0.2500]])
+        """
+        if self._weights is not None:
+            return self._weights
+        lam = self.lam.to(torch.float32)
+        return torch.stack((lam, 1.0 - lam), dim=1)
+
+    @property
+    def source_targets(self) -> torch.Tensor:
+        """``(N, K, ...)``: the targets of each source (``target_a`` and ``target_b`` for two sources).
+
+        Example:
+            >>> MixedBatch.unmixed(torch.zeros(2, 1), torch.tensor([3, 4])).source_targets.tolist()
+            [[3, 3], [4, 4]]
+        """
+        if self._source_targets is not None:
+            return self._source_targets
+        return torch.stack((self.target_a, self.target_b), dim=1)
+
+    def require_two_sources(self, what: str) -> None:
+        """Raise if the batch mixes more than two sources: ``what`` is defined for two only.
+
+        Example:
+            >>> MixedBatch.unmixed(torch.zeros(2, 1), torch.tensor([0, 1])).require_two_sources("decoupled")
+        """
+        if self.num_sources > 2:
+            raise MixlabValueError(
+                f"{what} is defined for two mixed sources (target_a, target_b, lam); this batch mixes "
+                f"{self.num_sources} sources per sample (e.g. Co-Mixup, AdAutoMix). Use a loss defined for any "
+                "number of sources: ce, bce or bce_softmax"
+            )
 
     def forward(self, model: torch.nn.Module) -> Any:
         """Run ``model`` on the mixed batch, mixing inside it when the method says so.
@@ -106,9 +246,12 @@ class MixedBatch:
             if num_classes is None:
                 raise MixlabValueError("num_classes is needed to turn class-index targets into soft targets; got None")
             check_num_classes(num_classes)
+            if self.num_sources > 2:
+                _check_class_indices(self.source_targets, num_classes)
+                return _mixed_one_hot(self.source_targets, self.weights, num_classes, smoothing)
             _check_class_indices(ya, num_classes)
             _check_class_indices(yb, num_classes)
-            return _mixed_one_hot(ya, yb, self.lam, num_classes, smoothing)
+            return _mixed_one_hot(torch.stack((ya, yb), 1), self.weights, num_classes, smoothing)
         if ya.ndim != 2:
             raise MixlabValueError(
                 f"soft_targets needs class indices (N,) or soft labels (N, K); got float targets of shape "
@@ -117,8 +260,10 @@ class MixedBatch:
         width = ya.shape[1]
         if num_classes is not None and width != num_classes:
             raise MixlabValueError(f"soft labels have {width} columns but num_classes={num_classes}")
-        lam = self.lam.to(torch.float32).unsqueeze(1)
-        mixed = torch.lerp(yb.to(torch.float32), ya.to(torch.float32), lam)
+        if self.num_sources > 2:
+            mixed = torch.einsum("nk,nkc->nc", self.weights, self.source_targets.to(torch.float32))
+        else:
+            mixed = torch.lerp(yb.to(torch.float32), ya.to(torch.float32), self.lam.to(torch.float32).unsqueeze(1))
         if smoothing:
             mixed = mixed * (1.0 - smoothing) + smoothing / width
         return mixed
@@ -139,6 +284,9 @@ class MixedBatch:
                 f"mixed_target() needs floating targets; got dtype {ya.dtype} (use soft_targets(num_classes) "
                 "for class indices)"
             )
+        if self.num_sources > 2:
+            weights = self.weights.to(ya.dtype).reshape(*self.weights.shape, *([1] * (ya.ndim - 1)))
+            return (weights * self.source_targets).sum(dim=1)
         lam = self.lam.to(ya.dtype).reshape(-1, *([1] * (ya.ndim - 1)))
         return torch.lerp(yb, ya, lam)
 
@@ -250,13 +398,9 @@ def _check_class_indices(y: torch.Tensor, num_classes: int | None) -> None:
         raise MixlabValueError(f"class indices must be < num_classes={num_classes}; got {high}")
 
 
-def _mixed_one_hot(
-    ya: torch.Tensor, yb: torch.Tensor, lam: torch.Tensor, num_classes: int, smoothing: float
-) -> torch.Tensor:
+def _mixed_one_hot(labels: torch.Tensor, weights: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """``sum_k weights[:, k] * smoothed_one_hot(labels[:, k])`` for ``(N, K)`` class indices and weights."""
     off = smoothing / num_classes
     on = 1.0 - smoothing + off
-    lam = lam.to(torch.float32)
-    out = torch.full((ya.shape[0], num_classes), off, dtype=torch.float32, device=ya.device)
-    out.scatter_add_(1, ya.long().unsqueeze(1), (lam * (on - off)).unsqueeze(1))
-    out.scatter_add_(1, yb.long().unsqueeze(1), ((1.0 - lam) * (on - off)).unsqueeze(1))
-    return out
+    out = torch.full((labels.shape[0], num_classes), off, dtype=torch.float32, device=labels.device)
+    return out.scatter_add_(1, labels.long(), weights.to(torch.float32) * (on - off))

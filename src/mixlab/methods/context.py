@@ -11,7 +11,11 @@ without attention) and then, for each batch, computes only what was asked:
 - ``"features"``: ``{layer: output}`` of the named modules on the clean batch,
   without gradient, from the model or from its EMA copy;
 - ``"ema_model"``: an exponential moving average of the model, updated by
-  :meth:`MixContext.after_step` (AutoMix's momentum pipeline, Liu et al., ECCV 2022, 2103.13027).
+  :meth:`MixContext.after_step` (AutoMix's momentum pipeline, Liu et al., ECCV 2022, 2103.13027);
+- ``"clean_loss"``: with ``MixerNeeds(saliency=True, clean_loss=True)``, the clean
+  cross-entropy of the saliency pass, run in train mode and kept with its graph,
+  so that a mixer can add it to the training loss without a second forward pass
+  (PuzzleMix's and Co-Mixup's ``clean_lam``).
 
 The training engine uses this class; so can any loop::
 
@@ -40,6 +44,7 @@ MODEL = "model"
 SALIENCY = "saliency"
 FEATURES = "features"
 EMA_MODEL = "ema_model"
+CLEAN_LOSS = "clean_loss"
 INPUT = "input"
 
 
@@ -55,6 +60,8 @@ class MixerNeeds:
         ema: an EMA copy of the model, kept by the provider.
         ema_momentum: the EMA's momentum in [0, 1).
         attention: the model must expose attention maps (``attention_layers``), as ViTs do.
+        clean_loss: with ``saliency``, run the saliency pass in train mode (BatchNorm
+            statistics updated, as a training step would) and keep its loss with its graph.
 
     Example:
         >>> MixerNeeds(saliency=True).anything
@@ -70,12 +77,15 @@ class MixerNeeds:
     ema: bool = False
     ema_momentum: float = 0.999
     attention: bool = False
+    clean_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.features_from not in ("model", "ema"):
             raise MixlabValueError(f"features_from must be 'model' or 'ema'; got {self.features_from!r}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise MixlabValueError(f"ema_momentum must be in [0, 1); got {self.ema_momentum!r}")
+        if self.clean_loss and not self.saliency:
+            raise MixlabValueError("clean_loss=True keeps the loss of the saliency pass and needs saliency=True")
 
     @property
     def anything(self) -> bool:
@@ -99,6 +109,7 @@ class MixerNeeds:
             ema=self.ema or other.ema or (self.features_from == "ema" and bool(self.features)),
             ema_momentum=max(self.ema_momentum, other.ema_momentum),
             attention=self.attention or other.attention,
+            clean_loss=self.clean_loss or other.clean_loss,
         )
 
 
@@ -143,7 +154,9 @@ class MixContext:
     def __call__(self, x: Tensor, y: Tensor) -> dict[str, Any]:
         """The context for batch ``(x, y)``: only what the needs ask for, plus the model."""
         context: dict[str, Any] = {MODEL: self.model}
-        if self.needs.saliency:
+        if self.needs.clean_loss:
+            context[SALIENCY], context[CLEAN_LOSS] = saliency_and_clean_loss(self.module, x, y)
+        elif self.needs.saliency:
             context[SALIENCY] = input_saliency(self.module, x, y)
         if self.needs.features:
             source = self.ema_model if self.needs.features_from == "ema" else self.module
@@ -194,12 +207,40 @@ def input_saliency(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """
     with torch.enable_grad(), frozen_buffers(model):
         inputs = x.detach().requires_grad_(True)
-        logits = model(inputs).float()
-        if y.is_floating_point() and y.ndim == 2:  # soft labels
-            loss = -(y * logits.log_softmax(1)).sum(1).mean()
-        else:
-            loss = nn.functional.cross_entropy(logits, y)
-        (grad,) = torch.autograd.grad(loss, inputs)
+        (grad,) = torch.autograd.grad(_clean_loss(model, inputs, y), inputs)
+    return _reduce_channels(grad)
+
+
+def saliency_and_clean_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The saliency of :func:`input_saliency` and the clean loss it came from, kept with its graph.
+
+    The pass runs as the model is (train mode: BatchNorm statistics are updated as
+    in a training step), and the graph is retained, so adding ``weight * loss``
+    to the training loss trains on the clean batch without a second forward pass:
+    PuzzleMix's and Co-Mixup's ``clean_lam`` (Kim et al., ICML 2020, arXiv 2009.06962;
+    Kim et al., ICLR 2021, arXiv 2102.03065).
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> saliency, loss = saliency_and_clean_loss(net, torch.randn(2, 1, 2, 2), torch.tensor([0, 1]))
+        >>> saliency.shape, loss.requires_grad
+        (torch.Size([2, 2, 2]), True)
+    """
+    with torch.enable_grad():
+        inputs = x.detach().requires_grad_(True)
+        loss = _clean_loss(model, inputs, y)
+        (grad,) = torch.autograd.grad(loss, inputs, retain_graph=True)
+    return _reduce_channels(grad), loss
+
+
+def _clean_loss(model: nn.Module, inputs: Tensor, y: Tensor) -> Tensor:
+    logits = model(inputs).float()
+    if y.is_floating_point() and y.ndim == 2:  # soft labels
+        return -(y * logits.log_softmax(1)).sum(1).mean()
+    return nn.functional.cross_entropy(logits, y)
+
+
+def _reduce_channels(grad: Tensor) -> Tensor:
     return grad.square().mean(1).sqrt() if grad.ndim > 2 else grad.abs()
 
 
@@ -304,7 +345,7 @@ def unwrap(model: nn.Module) -> nn.Module:
         >>> unwrap(net) is net
         True
     """
-    return unwrap(model)
+    return getattr(model, "module", model)
 
 
 @contextmanager
@@ -362,6 +403,7 @@ def update_ema(ema: nn.Module, model: nn.Module, momentum: float) -> None:
 
 
 __all__ = [
+    "CLEAN_LOSS",
     "EMA_MODEL",
     "FEATURES",
     "MODEL",
@@ -374,6 +416,7 @@ __all__ = [
     "input_saliency",
     "layer_outputs",
     "make_ema",
+    "saliency_and_clean_loss",
     "unwrap",
     "update_ema",
 ]
