@@ -287,23 +287,41 @@ def test_decoupled_rejects_soft_labels():
 # ---------------------------------------------------------------- RegMixup
 
 
+@pytest.mark.parametrize(("scaling", "scale"), [("paper", 1.0), ("code", 0.5)])
 @pytest.mark.parametrize("eta", [0.0, 1.0, 2.5])
-def test_regmixup_is_clean_ce_plus_eta_mixed_ce(eta):
+def test_regmixup_is_clean_ce_plus_eta_mixed_ce(eta, scaling, scale):
+    # paper: CE_clean + eta * CE_mix; code: the mean over the concatenated batch, i.e. half of it
     g = torch.Generator().manual_seed(3)
     logits_clean = torch.randn(3, K, generator=g)
     logits_mixed = _logits()
     y = torch.tensor(Y_A)
     mb = _batch()
     clean = [_ce(row, c) for row, c in zip(logits_clean.tolist(), Y_A, strict=True)]
-    expected = torch.tensor(clean) + eta * torch.tensor(_hand_mixed_ce())
-    got = regmixup_loss(logits_clean, logits_mixed, y, mb, eta=eta, reduction="none")
+    expected = scale * (torch.tensor(clean) + eta * torch.tensor(_hand_mixed_ce()))
+    got = regmixup_loss(logits_clean, logits_mixed, y, mb, eta=eta, scaling=scaling, reduction="none")
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(regmixup_loss(logits_clean, logits_mixed, y, mb, eta=eta), expected.mean())
     torch.testing.assert_close(
-        regmixup_loss(logits_clean, logits_mixed, y, mb, eta=eta, smoothing=0.1),
-        F.cross_entropy(logits_clean, y, label_smoothing=0.1)
-        + eta * mixed_cross_entropy(logits_mixed, mb, smoothing=0.1),
+        regmixup_loss(logits_clean, logits_mixed, y, mb, eta=eta, scaling=scaling), expected.mean()
     )
+    torch.testing.assert_close(
+        regmixup_loss(logits_clean, logits_mixed, y, mb, eta=eta, scaling=scaling, smoothing=0.1),
+        scale
+        * (
+            F.cross_entropy(logits_clean, y, label_smoothing=0.1)
+            + eta * mixed_cross_entropy(logits_mixed, mb, smoothing=0.1)
+        ),
+    )
+
+
+def test_regmixup_default_is_the_authors_code_scaling():
+    y = torch.tensor(Y_A)
+    z = _logits()
+    torch.testing.assert_close(regmixup_loss(z, z, y, _batch()), regmixup_loss(z, z, y, _batch(), scaling="code"))
+
+
+def test_regmixup_unknown_scaling_is_refused():
+    with pytest.raises(ValueError, match=r"scaling.*'half'.*code.*paper"):
+        regmixup_loss(_logits(), _logits(), torch.tensor(Y_A), _batch(), scaling="half")
 
 
 # ---------------------------------------------------------------- RankMixup: MRL

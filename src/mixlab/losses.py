@@ -1,8 +1,14 @@
-"""Losses for mixed batches: mixed soft cross-entropy, mixed BCE, Decoupled Mixup, RegMixup, RankMixup.
+"""Losses for mixed batches: mixed soft cross-entropy, mixed BCE, BCE on softmax, Decoupled Mixup, RegMixup, RankMixup.
 
 Every loss takes the :class:`~mixlab.batch.MixedBatch` the mixer returned and
 accepts a per-sample ``lam``. Log-probabilities are computed in float32 so
 the losses are safe under autocast.
+
+Sources per sample: :func:`mixed_cross_entropy`, :func:`mixed_bce`,
+:func:`bce_softmax` and :func:`regmixup_loss` score batches that mix any number
+of inputs (``mb.sources``/``mb.weights``, e.g. Co-Mixup, AdAutoMix);
+:func:`decoupled_mixup_loss` and :func:`rankmixup_loss` are defined for two
+sources only and refuse a batch with more.
 
 Example:
     >>> import torch, mixlab
@@ -25,6 +31,7 @@ from mixlab.batch import MixedBatch, _check_class_indices
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_non_negative, check_probability
 
 REDUCTIONS = ("mean", "sum", "none")
+REGMIXUP_SCALINGS = ("code", "paper")
 
 
 def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
@@ -72,7 +79,8 @@ def mixed_cross_entropy(logits: Tensor, mb: MixedBatch, smoothing: float = 0.0, 
     """``lam * CE(z, y_a) + (1 - lam) * CE(z, y_b)`` per sample, with optional label smoothing.
 
     Mixup's loss (Zhang et al., ICLR 2018, arXiv 1710.09412). With ``lam`` in
-    {0, 1} it equals the plain cross-entropy on the corresponding target.
+    {0, 1} it equals the plain cross-entropy on the corresponding target. A batch
+    of ``K > 2`` sources is scored as ``sum_k weights[:, k] * CE(z, y[sources[:, k]])``.
 
     Args:
         logits: ``(N, K)`` model outputs on ``mb``.
@@ -93,6 +101,13 @@ def mixed_cross_entropy(logits: Tensor, mb: MixedBatch, smoothing: float = 0.0, 
     log_p = F.log_softmax(logits.float(), dim=-1)
     if mb.target_a.is_floating_point():
         per_sample = -(mb.soft_targets(k, smoothing) * log_p).sum(dim=-1)
+        return _reduce(per_sample, reduction)
+    if mb.num_sources > 2:
+        _check_class_indices(mb.source_targets, k)
+        nll = -log_p.gather(1, mb.source_targets.long())
+        per_sample = (mb.weights.to(log_p.device, torch.float32) * nll).sum(dim=1)
+        if smoothing:
+            per_sample = (1.0 - smoothing) * per_sample - smoothing * log_p.mean(dim=-1)
         return _reduce(per_sample, reduction)
     lam = mb.lam.to(log_p.device, torch.float32)
     nll_a = -log_p.gather(1, mb.target_a.long().unsqueeze(1)).squeeze(1)
@@ -130,6 +145,36 @@ def mixed_bce(
     return _reduce(per_element.mean(dim=-1), reduction)
 
 
+def bce_softmax(logits: Tensor, mb: MixedBatch, smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of the softmax probabilities against the mixed soft target.
+
+    ``-(t log p + (1 - t) log(1 - p))`` averaged over classes, with ``p = softmax(z)``
+    and ``t`` the mixed target: the loss PuzzleMix and Co-Mixup train with
+    (``BCELoss(softmax(output), target)``; Kim et al., ICML 2020, arXiv 2009.06962;
+    Kim et al., ICLR 2021, arXiv 2102.03065). Unlike the sigmoid BCE of
+    :func:`mixed_bce`, the classes still compete through the softmax; the
+    ``(1 - t) log(1 - p)`` term also pushes down the classes absent from the target.
+    Logarithms are clamped at -100, as ``torch.nn.BCELoss`` does. Any number of sources.
+
+    Example:
+        >>> y = torch.tensor([0, 1])
+        >>> mb = MixedBatch(torch.zeros(2, 1), y, y.flip(0), torch.tensor([0.7, 0.7]), torch.tensor([1, 0]))
+        >>> z = torch.randn(2, 3)
+        >>> ref = torch.nn.functional.binary_cross_entropy(z.softmax(1), mb.soft_targets(3))
+        >>> torch.isclose(bce_softmax(z, mb), ref)
+        tensor(True)
+    """
+    k = _check_logits(logits, mb.batch_size)
+    targets = mb.soft_targets(k, smoothing)
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    # log(1 - p), exact for small p; a saturated p gets BCELoss's -100 and a zero (not NaN) gradient
+    not_p = -torch.expm1(log_p)
+    tiny = torch.finfo(not_p.dtype).tiny
+    log_not_p = torch.where(not_p > 0, torch.log(not_p.clamp_min(tiny)), -100.0).clamp_min(-100.0)
+    per_element = -(targets * log_p.clamp_min(-100.0) + (1.0 - targets) * log_not_p)
+    return _reduce(per_element.mean(dim=-1), reduction)
+
+
 def decoupled_mixup_loss(
     logits: Tensor,
     mb: MixedBatch,
@@ -157,6 +202,7 @@ def decoupled_mixup_loss(
     """
     eta = check_non_negative("eta", eta)
     lam_power = check_non_negative("lam_power", lam_power)
+    mb.require_two_sources("decoupled_mixup_loss")
     if mb.target_a.is_floating_point():
         raise MixlabTypeError(
             f"decoupled_mixup_loss needs class-index targets to know the two mixed classes; got dtype {mb.target_a.dtype}"
@@ -180,25 +226,34 @@ def regmixup_loss(
     y: Tensor,
     mb: MixedBatch,
     eta: float = 1.0,
+    scaling: str = "code",
     smoothing: float = 0.0,
     reduction: str = "mean",
 ) -> Tensor:
     """RegMixup: clean CE on ``x`` plus ``eta`` times mixup CE on ``mb``.
 
-    Use a mixer with a large α (the paper uses α = 10 on CIFAR, ``eta = 1``).
-    Pinto et al., NeurIPS 2022, arXiv 2206.14502.
+    ``scaling="code"`` (default) halves the sum, ``(CE_clean + eta * CE_mix) / 2``:
+    the authors' code takes the mean cross-entropy over the concatenated clean
+    and mixed batch, and their published numbers come from it.
+    ``scaling="paper"`` is the paper's formula, ``CE_clean + eta * CE_mix`` (twice
+    the gradient, i.e. twice the effective learning rate with SGD). Use a mixer with
+    a large α: the authors use α = 20 on CIFAR-10 and 10 on CIFAR-100, ``eta = 1``.
+    Pinto et al., NeurIPS 2022, arXiv 2206.14502. Any number of sources.
 
     Example:
         >>> y = torch.tensor([0, 1])
         >>> mb = MixedBatch.unmixed(torch.zeros(2, 1), y)
         >>> z = torch.randn(2, 2)
-        >>> torch.isclose(regmixup_loss(z, z, y, mb, eta=1.0), 2 * cross_entropy(z, y))
+        >>> torch.isclose(regmixup_loss(z, z, y, mb, scaling="paper"), 2 * cross_entropy(z, y))
+        tensor(True)
+        >>> torch.isclose(regmixup_loss(z, z, y, mb), cross_entropy(z, y))
         tensor(True)
     """
     eta = check_non_negative("eta", eta)
+    scale = 0.5 if check_choice("regmixup scaling", scaling, REGMIXUP_SCALINGS) == "code" else 1.0
     clean = cross_entropy(logits_clean, y, smoothing=smoothing, reduction="none")
     mixed = mixed_cross_entropy(logits_mixed, mb, smoothing=smoothing, reduction="none")
-    return _reduce(clean + eta * mixed, reduction)
+    return _reduce(scale * (clean + eta * mixed), reduction)
 
 
 RANK_MODES = ("mrl", "ndcg")
@@ -253,6 +308,7 @@ def rankmixup_loss(
             f"give one mixed batch per mixed logits tensor; got {len(logits_list)} logits and {len(mb_list)} batches"
         )
     for z, batch in zip(logits_list, mb_list, strict=False):
+        batch.require_two_sources("rankmixup_loss")
         _check_logits(z, logits_clean.shape[0], "mixed logits")
         if batch.batch_size != logits_clean.shape[0]:
             raise MixlabValueError(f"mixed batch has {batch.batch_size} samples, clean logits {logits_clean.shape[0]}")

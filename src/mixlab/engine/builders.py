@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from mixlab import losses, schedules
 from mixlab.batch import MixedBatch
-from mixlab.errors import MixlabTypeError, MixlabValueError
+from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice
 from mixlab.methods import Mixer, accepted_params, create_mixer
 
 if TYPE_CHECKING:
@@ -115,6 +115,8 @@ def build_objective(mix: MixConfig, task: str) -> Objective:
         return single(lambda out, mb: losses.mixed_cross_entropy(out, mb, smoothing=smoothing))
     if mix.loss == "bce":
         return single(lambda out, mb: losses.mixed_bce(out, mb, smoothing=smoothing, **options))
+    if mix.loss == "bce_softmax":
+        return single(lambda out, mb: losses.bce_softmax(out, mb, smoothing=smoothing))
     if mix.loss == "decoupled":
         return single(lambda out, mb: losses.decoupled_mixup_loss(out, mb, smoothing=smoothing, **options))
     if mix.loss == "regmixup":
@@ -133,14 +135,23 @@ _LOSS_OPTIONS = {
     "ce": (),
     "mse": (),
     "bce": ("target_threshold",),
+    "bce_softmax": (),
     "decoupled": ("eta", "lam_power"),
-    "regmixup": ("eta",),
+    "regmixup": ("eta", "scaling"),
     "rankmixup": ("mode", "eta", "margin", "score"),
 }
 
 
-def check_loss_options(loss: str, options: dict[str, Any]) -> None:
-    """Refuse options the loss does not take (listing those it does), and RankMixup modes the engine cannot train.
+#: losses defined for two mixed sources only (they read target_a, target_b and lam).
+TWO_SOURCE_LOSSES = ("decoupled", "rankmixup")
+
+
+def check_loss_options(loss: str, options: dict[str, Any], mixer: Mixer | None = None) -> None:
+    """Refuse options the loss does not take (listing those it does), values it cannot use, and mixers it cannot score.
+
+    A mixer that draws each output from more than two inputs (``num_sources > 2``,
+    e.g. Co-Mixup, AdAutoMix with three sources) is refused with a loss defined for
+    two sources only.
 
     Example:
         >>> check_loss_options("decoupled", {"eta": 0.2})
@@ -152,6 +163,14 @@ def check_loss_options(loss: str, options: dict[str, Any]) -> None:
     if loss == "rankmixup" and options.get("mode", "mrl") != "mrl":
         # M-NDCG ranks several mixed batches per clean one; the loop mixes each batch once
         raise MixlabValueError(f"the engine trains RankMixup in mode 'mrl'; got mode={options['mode']!r}")
+    if loss == "regmixup" and "scaling" in options:
+        check_choice("mix.loss_options.scaling for 'regmixup'", options["scaling"], losses.REGMIXUP_SCALINGS)
+    sources = getattr(mixer, "num_sources", 2)
+    if loss in TWO_SOURCE_LOSSES and sources > 2:
+        raise MixlabValueError(
+            f"mix.loss {loss!r} is defined for two mixed sources; {mixer.name} mixes {sources} inputs per sample. "
+            "Use ce, bce or bce_softmax"
+        )
 
 
 # ------------------------------------------------------------------ optimisation

@@ -99,7 +99,7 @@ class MixConfig(_Strict):
 
     method: str = NO_MIXING
     options: dict[str, Any] = Field(default_factory=dict, description="mixer options, e.g. alpha, p, lam_mode")
-    loss: Literal["ce", "bce", "decoupled", "regmixup", "rankmixup", "mse"] = "ce"
+    loss: Literal["ce", "bce", "bce_softmax", "decoupled", "regmixup", "rankmixup", "mse"] = "ce"
     loss_options: dict[str, Any] = Field(default_factory=dict)
     smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing folded into the targets")
     schedule: list[ScheduleConfig] = Field(default_factory=list)
@@ -115,9 +115,8 @@ class MixConfig(_Strict):
     def _buildable(self) -> MixConfig:
         from mixlab.engine.builders import build_mixer, check_loss_options
 
-        if self.method != NO_MIXING:
-            _as_value_error(build_mixer, self, None)
-        _as_value_error(check_loss_options, self.loss, self.loss_options)
+        mixer = _as_value_error(build_mixer, self, None) if self.method != NO_MIXING else None
+        _as_value_error(check_loss_options, self.loss, self.loss_options, mixer)
         return self
 
 

@@ -281,12 +281,11 @@ class Trainer:
         """Correct predictions, each counted by the weight of the label it matches."""
         if self.settings.task != "classification":
             return torch.zeros((), dtype=torch.float64, device=outputs.device)
-        pred = outputs.argmax(1)
-        a, b = mb.target_a, mb.target_b
-        if a.is_floating_point():  # soft labels
-            a, b = a.argmax(1), b.argmax(1)
-        lam = mb.lam.to(outputs.device, torch.float64)
-        return (lam * (pred == a) + (1.0 - lam) * (pred == b)).sum()
+        labels = mb.source_targets
+        if labels.is_floating_point():  # soft labels
+            labels = labels.argmax(-1)
+        weights = mb.weights.to(outputs.device, torch.float64)
+        return (weights * (outputs.argmax(1, keepdim=True) == labels)).sum()
 
     def _eval_sums(self, outputs: Tensor, y: Tensor) -> Tensor:
         n = torch.tensor(float(y.shape[0]), dtype=torch.float64, device=outputs.device)

@@ -80,6 +80,8 @@ class Mixer(ABC):
     #: what the method needs besides (x, y): e.g. {"model"}.
     requires: ClassVar[frozenset[str]] = frozenset()
     default_alpha: ClassVar[float] = 1.0
+    #: how many inputs each output is drawn from (``MixedBatch.num_sources``); methods mixing more set it per instance.
+    num_sources: int = 2
 
     def __init__(
         self,
