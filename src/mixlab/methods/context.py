@@ -46,6 +46,8 @@ FEATURES = "features"
 EMA_MODEL = "ema_model"
 CLEAN_LOSS = "clean_loss"
 INPUT = "input"
+#: In :func:`forward_until`, what the model itself returns (the forward then runs to its end).
+OUTPUT = "output"
 
 
 @dataclass(frozen=True)
@@ -254,32 +256,54 @@ def layer_outputs(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[st
 
     ``"input"`` stands for ``x`` itself. The model runs in eval mode (BatchNorm
     with its running statistics, no dropout), so its buffers are left as they
-    were at no extra cost; its mode is restored afterwards.
+    were at no extra cost; its mode is restored afterwards (see :func:`forward_until`).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> {k: v.shape for k, v in layer_outputs(net, torch.randn(5, 3), ["1"]).items()}
         {'1': torch.Size([5, 4])}
     """
-    modules = find_modules(model, layers, what="feature layer")
-    outputs: dict[str, Tensor] = {INPUT: x} if INPUT in layers else {}
-    wanted = {name for name in layers if name != INPUT}
+    return forward_until(model, x, layers)
+
+
+def forward_until(model: nn.Module, x: Tensor, layers: Sequence[str], *, train: bool = False) -> dict[str, Any]:
+    """Outputs of the named modules on ``x``; the forward stops once the last of them has run.
+
+    mixlab's one truncated forward. ``"input"`` stands for ``x`` itself and
+    ``"output"`` for what the model returns (the forward then runs to its end).
+    The model runs in eval mode (BatchNorm with its running statistics, no
+    dropout, buffers untouched) or, with ``train=True``, in train mode (batch
+    statistics, running statistics updated: a momentum encoder in a training
+    step); its mode is restored afterwards. Gradient flows as the caller's grad mode allows.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> outputs = forward_until(net, torch.randn(5, 3), ["0", "output"])
+        >>> outputs["0"].shape, outputs["output"].shape
+        (torch.Size([5, 4]), torch.Size([5, 2]))
+    """
+    modules = find_modules(model, [name for name in layers if name != OUTPUT], what="feature layer")
+    outputs: dict[str, Any] = {INPUT: x} if INPUT in layers else {}
+    to_end = OUTPUT in layers
+    wanted = {name for name in layers if name not in (INPUT, OUTPUT)}
 
     def make_hook(name: str) -> Any:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if name not in outputs:
                 outputs[name] = output
-            if wanted <= outputs.keys():
+            if not to_end and wanted <= outputs.keys():
                 raise _StopForwardError
 
         return hook
 
-    if wanted:
+    if wanted or to_end:
         handles = [modules[name].register_forward_hook(make_hook(name)) for name in wanted]
         training = model.training
-        model.eval()
+        model.train(train)
         try:
-            model(x)
+            result = model(x)
+            if to_end:
+                outputs[OUTPUT] = result
         except _StopForwardError:
             pass
         finally:
@@ -412,6 +436,7 @@ __all__ = [
     "MixerNeeds",
     "check_attention",
     "find_modules",
+    "forward_until",
     "frozen_buffers",
     "input_saliency",
     "layer_outputs",
