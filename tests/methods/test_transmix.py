@@ -9,7 +9,13 @@ from torch import nn
 
 from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
 from mixlab.losses import mixed_cross_entropy
-from mixlab.methods.attention import TRANSMIX_BASES, TransMix, attention_lambda, patch_fractions
+from mixlab.methods.attention import (
+    TRANSMIX_BASES,
+    TransMix,
+    attention_lambda,
+    patch_mask,
+    transmix_lambda,
+)
 from mixlab.methods.context import MixContext
 from mixlab.models import ViTTiny, create_model
 
@@ -46,21 +52,37 @@ def test_contract_on_a_small_vit() -> None:
     assert mb.forward_fn is not None and mb.mask is not None
 
 
-def test_lam_after_forward_is_the_class_attention_share_on_x_i() -> None:
+def test_lam_after_forward_is_the_mean_of_area_and_class_attention_share() -> None:
     x, y = digits(16)
     model = small_vit()
     mixer = TransMix(model=model, lam_mode="sample")
     mb = mixer(x, y, generator=torch.Generator().manual_seed(5), context={"model": model})
     area = mb.lam.clone()
+    torch.testing.assert_close(area, mb.mask.flatten(1).mean(1))  # before the forward: the area ratio
     _, attention = forward_with_attention(mb, model)
     cls = attention[:, :, 0, 1:].mean(dim=1)  # (N, 16): the class token's attention over the 4x4 patches
-    # share of each 4x4-pixel patch taken from x_i, by reshaping the mask into patches
-    keep = mb.mask.expand(16, 1, 16, 16).reshape(16, 4, 4, 4, 4).mean(dim=(2, 4)).flatten(1)
-    expected = (cls * keep).sum(1) / cls.sum(1)
+    # the mask read at each 4x4-pixel patch's top-left pixel (nearest-neighbour down-sampling)
+    keep = mb.mask.expand(16, 1, 16, 16)[:, 0, ::4, ::4].flatten(1)
+    assert bool(((keep == 0) | (keep == 1)).all())
+    expected = (area + (cls * keep).sum(1) / cls.sum(1)) / 2
     torch.testing.assert_close(mb.lam, expected)
     assert mb.lam.dtype == torch.float32 and not mb.lam.requires_grad
     assert bool(((mb.lam >= 0) & (mb.lam <= 1)).all())
     assert not torch.allclose(mb.lam, area), "the attention did not change the label weight"
+    mb.forward(model)  # a second forward recomputes from the area ratio, it does not compound
+    torch.testing.assert_close(mb.lam, expected)
+
+
+def test_attention_rule_uses_the_attention_share_alone() -> None:
+    x, y = digits(16)
+    model = small_vit()
+    mixer = TransMix(model=model, lam_mode="sample", lam_rule="attention")
+    mb = mixer(x, y, generator=torch.Generator().manual_seed(5), context={"model": model})
+    area = mb.lam.clone()
+    _, attention = forward_with_attention(mb, model)
+    torch.testing.assert_close(mb.lam, attention_lambda(attention, mb.mask))
+    torch.testing.assert_close(mb.lam, 2 * transmix_lambda(attention, mb.mask, area) - area)
+    assert "lam_rule='attention'" in repr(mixer)
 
 
 def test_lam_is_detached_and_the_task_loss_backpropagates() -> None:
@@ -100,9 +122,10 @@ def test_works_through_a_ddp_style_wrapper() -> None:
     wrapped = Wrapper(model)
     mixer = TransMix(model=wrapped)
     mb = mixer(x, y, generator=torch.Generator().manual_seed(2), context=MixContext(mixer, wrapped)(x, y))
+    area = mb.lam.clone()
     outputs, attention = forward_with_attention(mb, model)
     assert outputs.shape == (8, 10)
-    torch.testing.assert_close(mb.lam, attention_lambda(attention, mb.mask))
+    torch.testing.assert_close(mb.lam, transmix_lambda(attention, mb.mask, area))
 
 
 def test_chosen_layer_and_unknown_layer() -> None:
@@ -110,11 +133,12 @@ def test_chosen_layer_and_unknown_layer() -> None:
     model = small_vit()
     mixer = TransMix(model=model, layer="blocks.0.attn.map", lam=0.5)
     mb = mixer(x, y, generator=torch.Generator().manual_seed(0), context={"model": model})
+    area = mb.lam.clone()
     seen: list[torch.Tensor] = []
     handle = model.blocks[0].attn.map.register_forward_hook(lambda _m, _a, out: seen.append(out))
     mb.forward(model)
     handle.remove()
-    torch.testing.assert_close(mb.lam, attention_lambda(seen[0], mb.mask))
+    torch.testing.assert_close(mb.lam, transmix_lambda(seen[0], mb.mask, area))
     with pytest.raises(
         UnknownNameError, match=r"unknown attention layer 'blocks.9.attn.map'; known: .*blocks.0.attn.map"
     ):
@@ -128,10 +152,11 @@ def test_each_cutting_base(base: str) -> None:
     mixer = TransMix(model=model, base=base, alpha=1.0)
     mb = mixer(x, y, generator=torch.Generator().manual_seed(4), context={"model": model})
     assert mb.inputs.shape == x.shape
+    area = mb.lam.clone()
     outputs, attention = forward_with_attention(mb, model)
     assert torch.isfinite(outputs).all()
     assert bool(((mb.lam >= 0) & (mb.lam <= 1)).all())
-    torch.testing.assert_close(mb.lam, attention_lambda(attention, mb.mask))
+    torch.testing.assert_close(mb.lam, transmix_lambda(attention, mb.mask, area))
 
 
 def test_base_options_and_unknown_bases() -> None:
@@ -147,11 +172,14 @@ def test_base_options_and_unknown_bases() -> None:
         TransMix(model=model, base_options=[1])  # type: ignore[arg-type]
     with pytest.raises(MixlabValueError, match=r"alpha must be a finite number > 0"):
         TransMix(model=model, alpha=-1.0)
+    with pytest.raises(UnknownNameError, match=r"unknown transmix lam_rule 'area'; known: attention, mean"):
+        TransMix(model=model, lam_rule="area")
 
 
 def test_defaults_follow_the_paper() -> None:
     mixer = TransMix()
     assert mixer.name == "transmix" and mixer.spatial and mixer.base.name == "cutmix"
+    assert mixer.lam_rule == "mean"  # the authors' code: (area + attention) / 2
     assert mixer.needs.model and mixer.needs.attention
     assert mixer.base.lam_sampler.alpha == 1.0  # CutMix's alpha in the DeiT recipe the paper trains with
     assert TransMix(alpha=0.3).base.lam_sampler.alpha == 0.3
@@ -173,19 +201,22 @@ def test_refuses_a_model_without_attention() -> None:
         mixer(x, y)
 
 
-def test_patch_fractions_and_attention_lambda_by_hand() -> None:
+def test_patch_mask_and_attention_lambda_by_hand() -> None:
     weight = torch.ones(2, 1, 4, 6)
     weight[0, :, :2, :3] = 0.0  # the top-left patch of a 2x2 grid (2x3 pixels each) from the partner
-    weight[1, :, :, 0] = 0.0  # the first column: a third of patches 0 and 2
-    torch.testing.assert_close(patch_fractions(weight, 4), torch.tensor([[0.0, 1, 1, 1], [2 / 3, 1, 2 / 3, 1]]))
+    weight[1, :, :, 0] = 0.0  # the first column: the top-left pixels of patches 0 and 2
+    weight[1, :, 1, 3:] = 0.0  # row 1 of patch 1: not its top-left pixel, so patch 1 stays x_i's
+    torch.testing.assert_close(patch_mask(weight, 4), torch.tensor([[0.0, 1, 1, 1], [0.0, 1, 0, 1]]))
     attention = torch.zeros(2, 2, 5, 5)
     attention[:, 0, 0] = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2])
     attention[:, 1, 0] = torch.tensor([0.0, 0.4, 0.2, 0.2, 0.2])
     # mean over heads over the patches: [0.3, 0.2, 0.2, 0.2], total 0.9
-    expected = torch.tensor([0.6 / 0.9, (0.3 * 2 / 3 + 0.2 + 0.2 * 2 / 3 + 0.2) / 0.9])
+    expected = torch.tensor([0.6 / 0.9, 0.4 / 0.9])
     torch.testing.assert_close(attention_lambda(attention, weight), expected)
     with pytest.raises(MixlabValueError, match=r"5 patch tokens do not form a grid"):
-        patch_fractions(weight, 5)
+        patch_mask(weight, 5)
+    with pytest.raises(MixlabValueError, match=r"transmix reads 2-D masks"):
+        patch_mask(torch.ones(2, 1, 8), 4)
 
 
 def test_trains_a_small_vit_in_a_users_loop() -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mixlab.batch import MixedBatch
-from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
+from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError, check_choice
 from mixlab.methods.base import Mixer, MixParams, RelabellingMixer
 from mixlab.methods.context import MixerNeeds, check_attention, find_modules, unwrap
 
@@ -68,36 +68,56 @@ def build_base_mixer(
     return create_mixer(base, **shared, **options)
 
 
-def patch_fractions(weight: Tensor, num_patches: int) -> Tensor:
-    """The share of each patch's pixels that come from ``x_i``: ``(M, P)`` float32 from an ``(M, 1, H, W)`` weight.
+#: How TransMix turns the attention into the label weight: ``"mean"`` averages the area ratio and the attention
+#: share (the authors' code and Sec. 4.1 of the paper), ``"attention"`` takes the attention share alone (the formula
+#: of Sec. 3.2).
+LAM_RULES = ("mean", "attention")
 
-    The patch grid ``(gh, gw)`` with ``gh * gw = num_patches`` follows the image's
-    aspect ratio (square patches); each patch's value is the mean weight over
-    its pixels, exact when the grid divides the image.
+
+def patch_grid(height: int, width: int, num_patches: int) -> tuple[int, int]:
+    """The ``(rows, cols)`` patch grid of a ``height x width`` input cut into ``num_patches`` square patches.
 
     Example:
-        >>> w = torch.ones(1, 1, 4, 4); w[..., :2, :1] = 0.0
-        >>> patch_fractions(w, 4)
-        tensor([[0.5000, 1.0000, 1.0000, 1.0000]])
+        >>> patch_grid(32, 64, 8)
+        (2, 4)
+    """
+    rows = max(1, round(math.sqrt(num_patches * height / width)))
+    cols = num_patches // rows
+    if rows * cols != num_patches:
+        raise MixlabValueError(f"transmix: {num_patches} patch tokens do not form a grid for a {height}x{width} input")
+    return rows, cols
+
+
+def patch_mask(weight: Tensor, num_patches: int) -> Tensor:
+    """The mixing mask read at one pixel per patch: ``(M, P)`` float32 from an ``(M, 1, H, W)`` weight.
+
+    Nearest-neighbour down-sampling as in the authors' code (``nn.Upsample`` in its
+    default ``"nearest"`` mode): patch ``(r, c)`` of a ``gh x gw`` grid takes the
+    mask's value at pixel ``(floor(r * H / gh), floor(c * W / gw))``, the patch's
+    top-left pixel when the grid divides the image. A binary mask gives a binary
+    patch mask: a patch counts wholly for the image its sampled pixel comes from.
+    Chen et al., CVPR 2022, arXiv 2111.09833 (the ``↓(M)`` of Sec. 3.2).
+
+    Example:
+        >>> w = torch.ones(1, 1, 4, 4); w[..., :1, :3] = 0.0  # the partner's box: row 0, columns 0-2
+        >>> patch_mask(w, 4)
+        tensor([[0., 0., 1., 1.]])
     """
     if weight.ndim != 4:
         raise MixlabValueError(
             f"transmix reads 2-D masks (M, 1, H, W) for image patches; got a mask of shape {tuple(weight.shape)}"
         )
-    height, width = weight.shape[-2:]
-    rows = max(1, round(math.sqrt(num_patches * height / width)))
-    cols = num_patches // rows
-    if rows * cols != num_patches:
-        raise MixlabValueError(f"transmix: {num_patches} patch tokens do not form a grid for a {height}x{width} input")
-    return nn.functional.adaptive_avg_pool2d(weight.float(), (rows, cols)).flatten(1)
+    grid = patch_grid(*weight.shape[-2:], num_patches)
+    return nn.functional.interpolate(weight.float(), size=grid, mode="nearest").flatten(1)
 
 
 def attention_lambda(attention: Tensor, weight: Tensor, num_prefix_tokens: int = 1) -> Tensor:
-    """TransMix's label weight: the share of the class token's attention over patches that falls on ``x_i``.
+    """TransMix's attention term: the share of the class token's attention over patches that falls on ``x_i``.
 
-    ``λ_i = Σ_p A_ip K_ip / Σ_p A_ip`` where ``A`` is the class token's attention over the
-    patch tokens averaged over heads and ``K`` the share of each patch taken from
-    ``x_i`` (the mask averaged over the patch grid). Chen et al., CVPR 2022, arXiv 2111.09833.
+    ``λ_attention,i = Σ_p A_ip K_ip / Σ_p A_ip`` where ``A`` is the class token's attention
+    over the patch tokens averaged over heads and ``K`` the mask read at one pixel per
+    patch (:func:`patch_mask`), normalised over the patches as in the authors' code
+    (``w2 / (w1 + w2)`` in ``transmix_label``). Chen et al., CVPR 2022, arXiv 2111.09833.
 
     Args:
         attention: ``(N, heads, T, T)`` attention weights, the class token first and
@@ -115,23 +135,54 @@ def attention_lambda(attention: Tensor, weight: Tensor, num_prefix_tokens: int =
         tensor([0.5000])
     """
     cls = attention.detach()[:, :, 0, num_prefix_tokens:].float().mean(dim=1)
-    keep = patch_fractions(weight, cls.shape[1]).to(cls.device)
+    keep = patch_mask(weight, cls.shape[1]).to(cls.device)
     total = cls.sum(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
     return ((cls * keep).sum(dim=1) / total).clamp_(0.0, 1.0)
+
+
+def transmix_lambda(
+    attention: Tensor, weight: Tensor, area_lam: Tensor, num_prefix_tokens: int = 1, lam_rule: str = "mean"
+) -> Tensor:
+    """TransMix's label weight of ``x_i``: ``(λ_area + λ_attention) / 2`` (``"mean"``) or ``λ_attention``.
+
+    ``"mean"`` is what the authors' code computes (``lam = (lam0 + lam1) / 2`` in
+    ``transmix_label``) and what Sec. 4.1 of the paper states ("the label assignment is
+    the mean of both methods"; confirmed by the authors in Beckschen/TransMix issue #7);
+    ``"attention"`` is the formula of Sec. 3.2 alone. ``area_lam`` is the share of
+    ``x_i``'s pixels (the base mixer's exact mask mean). Chen et al., CVPR 2022, arXiv 2111.09833.
+
+    Example:
+        >>> attn = torch.zeros(1, 1, 5, 5); attn[0, 0, 0] = torch.tensor([0.2, 0.4, 0.2, 0.1, 0.1])
+        >>> w = torch.ones(1, 1, 2, 2); w[..., 0, 0] = 0.0
+        >>> transmix_lambda(attn, w, torch.tensor([0.75]))  # (0.75 + 0.5) / 2
+        tensor([0.6250])
+    """
+    share = attention_lambda(attention, weight, num_prefix_tokens)
+    if lam_rule == "attention":
+        return share
+    return (area_lam.detach().float().to(share.device) + share).mul_(0.5)
 
 
 class TransMix(RelabellingMixer):
     """TransMix: cut-and-paste inputs, labels weighted by a ViT's class attention on the mixed image.
 
     The inputs are mixed by a cutting mixer (``base``, CutMix by default). The label
-    weight is then recomputed from the *mixed* forward pass: the class token's
-    attention over the patch tokens in the last block (averaged over heads), summed
-    over the patches that come from ``x_i`` (each weighted by the share of its pixels
-    from ``x_i``) and divided by its total over all patches. The new ``lam`` is
-    detached (no gradient flows through the label) and written into ``mb.lam`` by
-    :meth:`MixedBatch.forward`, so run the model with ``mb.forward(model)``; losses
-    read ``mb.lam`` afterwards. Until then ``mb.lam`` is the base's area ratio. No extra
-    forward pass. Default ``alpha=1`` (CutMix's in the DeiT recipe the paper uses).
+    weight is then recomputed from the *mixed* forward pass. The attention term
+    ``λ_attention`` is the class token's attention over the patch tokens in the last
+    block (averaged over heads), summed over the patches that come from ``x_i`` and
+    divided by its total over all patches; a patch comes from ``x_i`` when the mask,
+    down-sampled to the patch grid by nearest neighbour (:func:`patch_mask`), says so.
+    By default (``lam_rule="mean"``) the label weight is ``(λ_area + λ_attention) / 2``
+    with ``λ_area`` the share of ``x_i``'s pixels: this is the authors' code
+    (``transmix_label``: ``lam = (lam0 + lam1) / 2``), stated in Sec. 4.1 of the paper
+    and confirmed by the authors (Beckschen/TransMix issue #7); the published results
+    come from it. ``lam_rule="attention"`` uses ``λ_attention`` alone, the formula of
+    Sec. 3.2. The new ``lam`` is detached (no gradient flows through the label) and
+    written into ``mb.lam`` by :meth:`MixedBatch.forward`, so run the model with
+    ``mb.forward(model)``; losses read ``mb.lam`` afterwards. Until then ``mb.lam`` is
+    the base's area ratio. No extra forward pass. Default ``alpha=1`` (CutMix's in the
+    DeiT recipe the paper uses; that recipe also switches to plain mixup, without
+    TransMix, for half the batches, which this mixer does not do).
     Chen, Sun, He, Torr, Yuille and Bai, CVPR 2022, arXiv 2111.09833.
 
     Args:
@@ -139,6 +190,8 @@ class TransMix(RelabellingMixer):
             ``"resizemix"``, ``"saliencymix"`` or ``"smoothmix"``.
         base_options: the base's own options (e.g. ``{"decay_power": 3.0}``); α, ``p`` and
             the other mixer arguments are given to TransMix itself.
+        lam_rule: ``"mean"`` (default: the authors' code and Sec. 4.1) or ``"attention"``
+            (the attention share alone, Sec. 3.2).
         model: a ViT exposing ``attention_layers`` (such as ``vit_tiny``), to check at
             once; otherwise it is taken from ``context["model"]``.
         layer: the attention module to read (default: the model's last ``attention_layers`` entry).
@@ -168,8 +221,10 @@ class TransMix(RelabellingMixer):
         base_options: Mapping[str, Any] | None = None,
         model: nn.Module | None = None,
         layer: str | None = None,
+        lam_rule: str = "mean",
         **kwargs: Any,
     ):
+        self.lam_rule = check_choice("transmix lam_rule", lam_rule, LAM_RULES)
         if all(kwargs.get(key) is None for key in ("alpha", "lam", "lam_range")):
             kwargs["alpha"] = self.default_alpha
         super().__init__(**kwargs)
@@ -210,18 +265,20 @@ class TransMix(RelabellingMixer):
         """Cut and paste as the base does; ``mb.forward(model)`` then sets ``mb.lam`` from the attention."""
         mb = super().apply(x, y, params, context=context)
         if params.mixed and params.weight is not None:
-            mb.forward_fn = _AttentionLabel(mb, params.weight, self.layer)
+            mb.forward_fn = _AttentionLabel(mb, params.weight, self.layer, self.lam_rule)
         return mb
 
     def __repr__(self) -> str:
-        return f"TransMix(base={self.base!r}, layer={self.layer!r})"
+        return f"TransMix(base={self.base!r}, layer={self.layer!r}, lam_rule={self.lam_rule!r})"
 
 
 class _AttentionLabel:
     """Runs the model with a hook on an attention module and sets the batch's ``lam`` from what it saw."""
 
-    def __init__(self, batch: MixedBatch, weight: Tensor, layer: str | None):
-        self.batch, self.weight, self.layer = batch, weight, layer
+    def __init__(self, batch: MixedBatch, weight: Tensor, layer: str | None, lam_rule: str):
+        self.batch, self.weight, self.layer, self.lam_rule = batch, weight, layer, lam_rule
+        # the area term is the base's λ as drawn; kept apart so that a second forward does not compound
+        self.area_lam = batch.lam.detach().clone()
 
     def __call__(self, model: nn.Module, inputs: Tensor) -> Any:
         module = unwrap(model)  # DDP: hook the wrapped module, run the wrapper
@@ -241,8 +298,18 @@ class _AttentionLabel:
         if not seen:
             raise MixlabValueError(f"transmix: attention layer {layer!r} did not run during the forward pass")
         prefix = int(getattr(module, "num_prefix_tokens", 1))
-        self.batch.lam = attention_lambda(seen[0], self.weight, prefix)
+        self.batch.lam = transmix_lambda(seen[0], self.weight, self.area_lam, prefix, self.lam_rule)
         return outputs
 
 
-__all__ = ["SHARED_OPTIONS", "TRANSMIX_BASES", "TransMix", "attention_lambda", "build_base_mixer", "patch_fractions"]
+__all__ = [
+    "LAM_RULES",
+    "SHARED_OPTIONS",
+    "TRANSMIX_BASES",
+    "TransMix",
+    "attention_lambda",
+    "build_base_mixer",
+    "patch_grid",
+    "patch_mask",
+    "transmix_lambda",
+]
