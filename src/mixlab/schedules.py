@@ -261,3 +261,43 @@ class ScheduledMixer:
             self.mixer.check(x, y)  # bad input fails on clean steps too
             return MixedBatch.unmixed(x, y)
         return self.mixer(x, y, generator, alpha_scale=self.schedule.strength(step, epoch), context=context)
+
+    # The engine hooks of the wrapped mixer (see :class:`~mixlab.methods.base.Mixer`), so that a
+    # loop holds one object and never reaches through it.
+
+    @property
+    def needs(self) -> Any:
+        """The wrapped mixer's :class:`~mixlab.methods.context.MixerNeeds`."""
+        return self.mixer.needs
+
+    def bind_model(self, model: torch.nn.Module) -> None:
+        """Let the wrapped mixer take its model-dependent defaults (see :class:`~mixlab.methods.context.MixContext`)."""
+        self.mixer.bind_model(model)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The wrapped mixer's parameters (none for static mixers)."""
+        return self.mixer.trainable_parameters()
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The wrapped mixer's optimiser groups."""
+        return self.mixer.optimizer_groups()
+
+    def loss_terms(self, mb: MixedBatch, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The wrapped mixer's extra loss terms for ``mb`` (none on clean steps: nothing was mixed)."""
+        return self.mixer.loss_terms(mb, outputs)
+
+    def start_training(self, total_steps: int) -> None:
+        """Tell the wrapped mixer how many optimiser steps training takes."""
+        self.mixer.start_training(total_steps)
+
+    def after_step(self) -> None:
+        """The wrapped mixer's update after each optimiser step."""
+        self.mixer.after_step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped mixer's state (the schedule is stateless: it is a function of step and epoch)."""
+        return self.mixer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the wrapped mixer's state."""
+        self.mixer.load_state_dict(state)

@@ -106,10 +106,11 @@ class Trainer:
         self.dist, self.settings = dist, settings
         self.progress = progress or EpochProgress(enabled=False, echo=False)
         self.on_epoch_end = list(on_epoch_end)
-        inner = self.mixer.mixer if self.mixer is not None else None
-        self.mixer_params = inner.trainable_parameters() if inner is not None else []
+        self.mixer_params = mixer.trainable_parameters() if mixer is not None else []
         # What a model-aware mixer needs (saliency, features, an EMA copy) is computed here, once per mixed step.
-        self.mix_context = MixContext(inner, model).to(dist.device) if inner is not None and inner.needs.anything else None
+        self.mix_context = (
+            MixContext(mixer, model).to(dist.device) if mixer is not None and mixer.needs.anything else None
+        )
         self.state = TrainState()
         fp16 = settings.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=fp16)
@@ -125,6 +126,8 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train from the current state to ``settings.epochs``; return the per-epoch records."""
+        if self.mixer is not None:
+            self.mixer.start_training(self.settings.epochs * self.steps_per_epoch)
         try:
             for epoch in range(self.state.epoch, self.settings.epochs):
                 record = {"epoch": epoch + 1, **self.train_epoch(epoch)}
@@ -197,12 +200,11 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: weights, optimiser, scaler, mixer, epoch, step, history."""
-        inner = self.mixer.mixer if self.mixer is not None else None
         return {
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "mixer": inner.state_dict() if inner is not None else {},
+            "mixer": self.mixer.state_dict() if self.mixer is not None else {},
             "mix_context": self.mix_context.state_dict() if self.mix_context is not None else {},
             "epoch": self.state.epoch,
             "step": self.state.step,
@@ -215,7 +217,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if self.mixer is not None:
-            self.mixer.mixer.load_state_dict(state["mixer"])
+            self.mixer.load_state_dict(state["mixer"])
         if self.mix_context is not None:
             self.mix_context.load_state_dict(state.get("mix_context", {}))
         self.state = TrainState(int(state["epoch"]), int(state["step"]), list(state["history"]))
@@ -234,7 +236,7 @@ class Trainer:
         with self._autocast():
             loss, outputs = self.objective(self.model, x, y, mb)
             if self.mixer is not None:
-                for term in self.mixer.mixer.loss_terms(mb, outputs).values():
+                for term in self.mixer.loss_terms(mb, outputs).values():
                     loss = loss + term
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -247,7 +249,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.mixer is not None:
-            self.mixer.mixer.after_step()
+            self.mixer.after_step()
         if self.mix_context is not None:
             self.mix_context.after_step()
         self.state.step += 1

@@ -279,6 +279,18 @@ class Mixer(ABC):
         params = self.trainable_parameters()
         return [{"params": params}] if params else []
 
+    def start_training(self, total_steps: int) -> None:
+        """Told by the loop, before the first step, how many optimiser steps training takes; nothing here.
+
+        Mixers with a schedule of their own over training (AutoMix's cosine
+        momentum) read it; a resumed run is told again with the same number.
+
+        Example:
+            >>> from mixlab import Mixup
+            >>> Mixup().start_training(1000)
+        """
+        return
+
     def after_step(self) -> None:
         """Called by the loop after each optimiser step (momentum updates, step counters); nothing here.
 
