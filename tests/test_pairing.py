@@ -78,17 +78,17 @@ def test_cmixup_tiny_sigma_does_not_underflow_to_nan():
     assert p.isfinite().all()
     assert p.argmax(dim=1).tolist() == [1, 0, 1]  # the nearest other sample
     g = torch.Generator().manual_seed(0)
-    assert CMixupPairing(sigma=0.01, exclude_self=True).sample(y, g).tolist() == [1, 0, 1]
+    assert CMixupPairing(sigma=0.01, exclude_self=True, scope="batch").sample(y, g).tolist() == [1, 0, 1]
 
 
-# ---------------------------------------------------------------- C-Mixup sampling
+# ---------------------------------------------------------------- C-Mixup sampling within the batch (scope="batch")
 
 Y6 = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0, 1.6])
 
 
 @pytest.mark.parametrize(("sigma", "exclude_self"), [(0.6, False), (0.5, True)])
 def test_cmixup_sample_frequencies_match_the_kernel(sigma, exclude_self):
-    sampler = CMixupPairing(sigma=sigma, exclude_self=exclude_self)
+    sampler = CMixupPairing(sigma=sigma, exclude_self=exclude_self, scope="batch")
     probs = sampler.probabilities(Y6)
     calls = 3500  # 3500 draws per row, 21000 in all
     draws = _draws(sampler, Y6, calls, seed=123)
@@ -106,7 +106,7 @@ def test_cmixup_sample_frequencies_match_the_kernel(sigma, exclude_self):
 
 
 def test_cmixup_sample_is_reproducible_and_draws_near_partners():
-    sampler = CMixupPairing(sigma=0.5)
+    sampler = CMixupPairing(sigma=0.5, scope="batch")
     a = _draws(sampler, Y6, 20, seed=4)
     b = _draws(sampler, Y6, 20, seed=4)
     assert torch.equal(a, b)
@@ -115,7 +115,7 @@ def test_cmixup_sample_is_reproducible_and_draws_near_partners():
     assert (d[:, :3] < 3).all() and (d[:, 3:] >= 3).all()
 
 
-# ---------------------------------------------------------------- C-Mixup in a mixer
+# ---------------------------------------------------------------- C-Mixup in a mixer (within-batch kernel)
 
 
 @pytest.mark.parametrize("target_shape", [(8,), (8, 2)])
@@ -123,8 +123,9 @@ def test_cmixup_mixer_mixes_float_targets(target_shape):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, generator=g)
     y = torch.randn(*target_shape, generator=g)
-    mixer = mixlab.create_mixer("mixup", pairing="c_mixup", sigma=0.5, lam_mode="sample")
+    mixer = mixlab.create_mixer("mixup", pairing="c_mixup_batch", sigma=0.5, lam_mode="sample")
     assert isinstance(mixer.pairing, CMixupPairing) and mixer.pairing.sigma == 0.5
+    assert mixer.pairing.scope == "batch"
     mb = mixer(x, y, generator=torch.Generator().manual_seed(1))
     assert torch.equal(mb.target_a, y)
     assert torch.equal(mb.target_b, y[mb.perm])
@@ -136,7 +137,7 @@ def test_cmixup_mixer_mixes_float_targets(target_shape):
 def test_cmixup_mixer_uses_the_kernel():
     y = torch.tensor([0.0, 0.1, 0.2, 10.0, 10.1, 10.2])
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
-    mixer = mixlab.create_mixer("mixup", pairing="c_mixup", sigma=0.5)
+    mixer = mixlab.create_mixer("mixup", pairing="c_mixup_batch", sigma=0.5)
     g = torch.Generator().manual_seed(2)
     for _ in range(50):
         perm = mixer(x, y, generator=g).perm

@@ -28,6 +28,7 @@ from mixlab.errors import (
     MixlabTypeError,
     MixlabValueError,
     UnknownNameError,
+    check_choice,
     check_int,
     check_positive,
     check_probability,
@@ -275,26 +276,72 @@ class RandomPairing(PairSampler):
         return torch.from_numpy(numpy_rng(rng).permutation(y.shape[0]))
 
 
+#: C-Mixup scopes: partners from the whole training set (the authors' code) or from the batch.
+CMIXUP_SCOPES = ("dataset", "batch")
+#: Rates kept after :meth:`CMixupPairing.fit` when ``top_k`` is not given: exact rows up to
+#: 4096 training targets, the largest ``2**24 // N`` rates per row above (128 MB at most).
+CMIXUP_RATE_ENTRIES = 2**24
+#: Kernel entries computed at once by :meth:`CMixupPairing.fit` (32 MB of float64).
+_CMIXUP_BLOCK_ENTRIES = 2**22
+
+
 class CMixupPairing(PairSampler):
     """C-Mixup partner selection for regression (Yao et al., NeurIPS 2022, arXiv 2210.05775).
 
-    Partner ``j`` of sample ``i`` is drawn with probability proportional to
-    ``exp(-||y_i - y_j||^2 / (2 sigma^2))`` over the batch. Sample ``i`` itself
-    is a candidate, as in the paper's sampling distribution, unless
-    ``exclude_self=True``.
+    Partner ``j`` of sample ``i`` is drawn with probability
+    ``exp(-||y_i - y_j||^2 / (2 sigma^2)) / sum_k exp(-||y_i - y_k||^2 / (2 sigma^2))``
+    (the paper's Eq. 6; the distance is Euclidean over all target columns).
+
+    ``scope="dataset"`` (default) is the authors' code (huaxiuyao/C-Mixup,
+    ``src/algorithm.py``: ``get_mixup_sample_rate`` computes this rate matrix
+    once over the whole training set, each row normalised, and ``train`` draws
+    every anchor's partner from its row with ``np.random.choice``, independently
+    and with replacement). Here :meth:`fit` computes the rates once, and
+    :class:`mixlab.data.pairs.PartnerBatchSampler` (or ``PartnerTensorLoader``)
+    yields each batch as its anchors followed by one drawn partner per anchor.
+    :meth:`sample` then pairs row ``i`` of the first half with row ``i`` of the
+    second, and each partner with its anchor (the mirror pair: with a symmetric
+    Beta it is distributed as the first, which is how the authors' PovertyMap
+    script mixes both ways). Batches drawn any other way are refused only when
+    the pairing is unfitted or the batch is odd: give dataset-scope C-Mixup
+    batches from those helpers.
+
+    ``scope="batch"`` normalises the kernel over the batch instead (no fit, any
+    loader): cheaper, but with small batches partners are far apart and
+    self-pairs frequent. The authors' ``batch_type=1`` (used for RCF-MNIST) is
+    close to it but draws from the batch plus as many random samples.
+
+    Args:
+        sigma: the kernel bandwidth, in the targets' units (the authors' ``--kde_bandwidth``:
+            1.0 by default; 1.75 Airfoil, 1.2 NO2, 0.05 exchange rate, 0.5 electricity,
+            4.0 crime, 1.0 SkillCraft, 0.2 RCF-MNIST in their README).
+        exclude_self: drop ``j = i`` from the candidates. The authors' tabular code keeps
+            it (``self_rate`` is the diagonal of the rate matrix); their PovertyMap script
+            redraws it, which is this option.
+        scope: ``"dataset"`` or ``"batch"``.
+        top_k: rates kept per training sample after :meth:`fit` (the largest ones,
+            renormalised; :attr:`truncated_mass` says how much was dropped). ``None``
+            keeps whole rows while ``N * N <= CMIXUP_RATE_ENTRIES`` and ``CMIXUP_RATE_ENTRIES // N`` above.
 
     Example:
-        >>> y = torch.tensor([0.0, 0.1, 5.0, 5.1])
-        >>> p = CMixupPairing(sigma=0.5).probabilities(y)
-        >>> bool(p[0, 1] > p[0, 2])
-        True
+        >>> pairing = CMixupPairing(sigma=0.5).fit(torch.tensor([0.0, 0.1, 5.0, 5.1]))
+        >>> rates = pairing.partner_rates()
+        >>> bool(rates[0, 1] > rates[0, 2]), pairing.sample(torch.zeros(4), new_generator(0)).tolist()
+        (True, [2, 3, 0, 1])
     """
 
     name = "c_mixup"
 
-    def __init__(self, sigma: float = 1.0, exclude_self: bool = False):
+    def __init__(
+        self, sigma: float = 1.0, exclude_self: bool = False, scope: str = "dataset", top_k: int | None = None
+    ):
         self.sigma = check_positive("sigma", sigma)
         self.exclude_self = bool(exclude_self)
+        self.scope = check_choice("c_mixup scope", scope, CMIXUP_SCOPES)
+        self.top_k = None if top_k is None else check_int("top_k", top_k, minimum=1)
+        self._cdf: torch.Tensor | None = None  # (N, k) cumulative rates, float32
+        self._index: torch.Tensor | None = None  # (N, k) int32 partner indices; None when rows are whole
+        self.truncated_mass = 0.0
 
     def check(self, y: torch.Tensor) -> None:
         """C-Mixup compares regression targets: they must be floating."""
@@ -302,19 +349,133 @@ class CMixupPairing(PairSampler):
             raise MixlabTypeError(f"c_mixup pairs by target distance and needs float targets; got dtype {y.dtype}")
 
     def probabilities(self, y: torch.Tensor) -> torch.Tensor:
-        """Return the ``(N, N)`` row-stochastic partner probabilities for targets ``y``."""
+        """Return the ``(N, N)`` row-stochastic kernel over targets ``y`` (the rates among exactly these samples)."""
         self.check(y)
-        flat = y.detach().to("cpu", torch.float64).reshape(y.shape[0], -1)
-        dist2 = torch.cdist(flat, flat).square()
+        return self._kernel_rows(_flat_targets(y), _flat_targets(y), 0)
+
+    def _kernel_rows(self, rows: torch.Tensor, targets: torch.Tensor, first: int) -> torch.Tensor:
+        """Normalised kernel rows for ``rows`` (targets ``first, first + 1, ...``) against all ``targets``."""
+        dist2 = torch.cdist(rows, targets).square()
         # softmax rather than exp()/sum: with a small sigma exp() underflows to all-zero rows.
         logits = -dist2 / (2.0 * self.sigma**2)
-        if self.exclude_self and y.shape[0] > 1:
-            logits.fill_diagonal_(float("-inf"))
+        if self.exclude_self and targets.shape[0] > 1:
+            own = torch.arange(rows.shape[0])
+            logits[own, own + first] = float("-inf")
         return torch.softmax(logits, dim=1)
 
+    # ------------------------------------------------------------ dataset scope
+
+    def fit(self, train_targets: torch.Tensor) -> CMixupPairing:
+        """Compute every training sample's partner rates once, block by block; returns the pairing.
+
+        Memory stays bounded: at most ``_CMIXUP_BLOCK_ENTRIES`` kernel entries
+        are computed at once, and only ``top_k`` rates per row are kept (all of
+        them for small sets, see the class docstring).
+
+        Example:
+            >>> CMixupPairing().fit(torch.tensor([[1.0], [2.0], [4.0]])).num_targets
+            3
+        """
+        self.check(train_targets)
+        targets = _flat_targets(train_targets)
+        n = targets.shape[0]
+        if n == 0 or not bool(targets.isfinite().all()):
+            raise MixlabValueError(
+                f"c_mixup fit needs at least one target, all finite; got shape {tuple(train_targets.shape)}"
+            )
+        k = min(n, self.top_k or max(1, CMIXUP_RATE_ENTRIES // n))
+        cdf = torch.empty((n, k), dtype=torch.float32)
+        index = None if k == n else torch.empty((n, k), dtype=torch.int32)
+        kept = torch.empty(n, dtype=torch.float64)
+        block = max(1, _CMIXUP_BLOCK_ENTRIES // n)
+        for first in range(0, n, block):
+            rates = self._kernel_rows(targets[first : first + block], targets, first)
+            if index is not None:
+                rates, top = rates.topk(k, dim=1)
+                index[first : first + block] = top.to(torch.int32)
+            kept[first : first + block] = rates.sum(dim=1)
+            cdf[first : first + block] = rates.cumsum(dim=1).to(torch.float32)
+        self._cdf, self._index = cdf, index
+        self.truncated_mass = max(0.0, float(1.0 - kept.min()))
+        return self
+
+    @property
+    def num_targets(self) -> int:
+        """The number of training targets given to :meth:`fit` (0 before)."""
+        return 0 if self._cdf is None else self._cdf.shape[0]
+
+    def _require_fit(self) -> torch.Tensor:
+        if self._cdf is None:
+            raise MixlabValueError(
+                "c_mixup with scope='dataset' draws partners from the training set: call "
+                "pairing.fit(train_targets) and load batches with mixlab.data.pairs.PartnerBatchSampler "
+                "(or PartnerTensorLoader); or use scope='batch' (pairing='c_mixup_batch') for the within-batch kernel"
+            )
+        return self._cdf
+
+    def partner_rates(self, anchors: torch.Tensor | None = None) -> torch.Tensor:
+        """The fitted rates as a dense ``(len(anchors), N)`` float64 matrix (all training samples by default).
+
+        Rows sum to 1; with ``top_k`` they are the kept rates renormalised.
+        """
+        cdf = self._require_fit()
+        rows = torch.arange(cdf.shape[0]) if anchors is None else torch.as_tensor(anchors, dtype=torch.long)
+        kept = cdf[rows].double()
+        rates = torch.diff(kept, dim=1, prepend=torch.zeros(len(rows), 1, dtype=torch.float64))
+        rates = rates / kept[:, -1:]
+        if self._index is None:
+            return rates
+        dense = torch.zeros(len(rows), cdf.shape[0], dtype=torch.float64)
+        return dense.scatter_(1, self._index[rows].long(), rates)
+
+    def draw_partners(self, anchors: torch.Tensor | np.ndarray, rng: RandomSource) -> torch.Tensor:
+        """One partner per anchor (training-set indices), drawn from its fitted rates; ``(A,)`` long.
+
+        Example:
+            >>> pairing = CMixupPairing(sigma=0.1).fit(torch.tensor([0.0, 0.01, 9.0]))
+            >>> pairing.draw_partners(torch.tensor([2, 2]), new_generator(0)).tolist()
+            [2, 2]
+        """
+        cdf = self._require_fit()
+        rows = torch.as_tensor(anchors, dtype=torch.long).reshape(-1)
+        if rows.numel() and not bool(((rows >= 0) & (rows < cdf.shape[0])).all()):
+            raise MixlabValueError(f"anchors must index the {cdf.shape[0]} fitted targets; got {rows.tolist()[:8]}...")
+        u = torch.from_numpy(numpy_rng(rng).random(len(rows)))
+        out = torch.empty(len(rows), dtype=torch.long)
+        step = max(1, _CMIXUP_BLOCK_ENTRIES // cdf.shape[1])
+        for first in range(0, len(rows), step):  # chunks bound the gathered rows' memory
+            kept = cdf[rows[first : first + step]]
+            target = (u[first : first + step] * kept[:, -1].double()).to(torch.float32).unsqueeze(1)
+            position = torch.searchsorted(kept, target, right=True).clamp_(max=cdf.shape[1] - 1)
+            if self._index is not None:
+                position = self._index[rows[first : first + step]].gather(1, position)
+            out[first : first + step] = position.squeeze(1).long()
+        return out
+
+    # ------------------------------------------------------------ the mixer's draw
+
     def sample(self, y: torch.Tensor, rng: RandomSource) -> torch.Tensor:
-        """Draw one partner per sample from the kernel probabilities."""
-        return _draw_rows(self.probabilities(y).numpy(), numpy_rng(rng))
+        """The partner of every row: drawn from the batch kernel (``"batch"``), or the paired halves (``"dataset"``)."""
+        if self.scope == "batch":
+            return _draw_rows(self.probabilities(y).numpy(), numpy_rng(rng))
+        self._require_fit()
+        n = y.shape[0]
+        if n % 2:
+            raise MixlabValueError(
+                f"c_mixup with scope='dataset' expects each batch as its anchors followed by their partners "
+                f"(PartnerBatchSampler), so an even size; got {n} rows"
+            )
+        half = torch.arange(n // 2)
+        return torch.cat([half + n // 2, half])
+
+    def __repr__(self) -> str:
+        fitted = f", fitted on {self.num_targets}" if self._cdf is not None else ""
+        return f"CMixupPairing(sigma={self.sigma}, exclude_self={self.exclude_self}, scope={self.scope!r}{fitted})"
+
+
+def _flat_targets(y: torch.Tensor) -> torch.Tensor:
+    """Targets as ``(N, D)`` float64 on the CPU, for distances."""
+    return y.detach().to("cpu", torch.float64).reshape(y.shape[0], -1)
 
 
 class ClassAwarePairing(PairSampler):
@@ -359,21 +520,26 @@ def _draw_rows(probabilities: np.ndarray, rng: np.random.Generator) -> torch.Ten
     return torch.from_numpy(index.astype(np.int64))
 
 
-PAIRINGS = ("random", "c_mixup", "same_class", "different_class")
+PAIRINGS = ("random", "c_mixup", "c_mixup_batch", "same_class", "different_class")
 
 
 def make_pair_sampler(pairing: str | PairSampler = "random", **kwargs: float) -> PairSampler:
     """Build a pair sampler from a name in ``PAIRINGS`` or return the given one.
 
+    ``"c_mixup"`` is C-Mixup over the training set (fit it and load batches
+    with :mod:`mixlab.data.pairs`); ``"c_mixup_batch"`` its within-batch kernel.
+
     Example:
         >>> make_pair_sampler("c_mixup", sigma=0.5).sigma
         0.5
+        >>> make_pair_sampler("c_mixup_batch").scope
+        'batch'
     """
-    if pairing == "c_mixup":
-        return CMixupPairing(**kwargs)
+    if pairing in ("c_mixup", "c_mixup_batch"):
+        return CMixupPairing(**kwargs, scope="dataset" if pairing == "c_mixup" else "batch")
     if kwargs:
         raise MixlabValueError(
-            f"{', '.join(sorted(kwargs))} only applies to pairing='c_mixup'; got pairing={pairing!r}"
+            f"{', '.join(sorted(kwargs))} only applies to pairing='c_mixup' or 'c_mixup_batch'; got pairing={pairing!r}"
         )
     if isinstance(pairing, PairSampler):
         return pairing
