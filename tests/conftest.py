@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import mixlab.data.locate as locate
 
@@ -18,3 +19,11 @@ def isolated_data_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv(locate.ENV_VAR, raising=False)
     monkeypatch.setattr(locate, "SYSTEM_DATA_DIRS", [tmp_path / "system"])
     return home
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Every device the mixers and losses are tested on: the CPU, and CUDA when this machine has it."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    return torch.device(request.param)

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mixlab
+from mixer_checks import assert_mixer_contract
 from mixlab.methods.saliency import saliency_peaks
 
 NUM_CLASSES = 5
@@ -53,25 +54,7 @@ def batches(draw, name: str):
 
 
 def check_common(mixer: mixlab.Mixer, x: torch.Tensor, y: torch.Tensor, seed: int) -> mixlab.MixedBatch:
-    x_before, y_before = x.clone(), y.clone()
-    mb = mixer(x, y, generator=torch.Generator().manual_seed(seed))
-    # shape, dtype, device
-    assert mb.inputs.shape == x.shape and mb.inputs.dtype == x.dtype and mb.inputs.device == x.device
-    # the caller's tensors are left alone
-    assert torch.equal(x, x_before) and torch.equal(y, y_before)
-    # lam is a per-sample weight in [0, 1]; perm indexes the batch
-    assert mb.lam.shape == (x.shape[0],) and mb.lam.dtype == torch.float32
-    assert bool(((mb.lam >= 0) & (mb.lam <= 1)).all())
-    assert mb.perm.dtype == torch.long and bool(((mb.perm >= 0) & (mb.perm < x.shape[0])).all())
-    assert torch.equal(mb.target_a, y) and torch.equal(mb.target_b, y[mb.perm])
-    # soft targets are distributions
-    soft = mb.soft_targets(NUM_CLASSES, smoothing=0.1)
-    torch.testing.assert_close(soft.sum(dim=1), torch.ones(x.shape[0]), atol=1e-5, rtol=0)
-    assert bool((soft >= 0).all())
-    # the same generator state gives the same batch
-    again = mixer(x, y, generator=torch.Generator().manual_seed(seed))
-    assert torch.equal(again.inputs, mb.inputs) and torch.equal(again.lam, mb.lam) and torch.equal(again.perm, mb.perm)
-    return mb
+    return assert_mixer_contract(mixer, x, y, seed=seed, num_classes=NUM_CLASSES)
 
 
 @pytest.mark.parametrize("name", ALL)
