@@ -1,4 +1,11 @@
-"""SUMix: a cutting mixer whose label ratio is corrected by learned semantics, plus an uncertainty regulariser."""
+"""SUMix: a cutting mixer whose label ratio is corrected by the classifier's own semantics, plus an uncertainty term.
+
+Qin, Jin, Zhu, Liao, El-Yacoubi and Gao, "SUMix: Mixup with Semantic and Uncertain
+Information", ECCV 2024, arXiv 2407.07805. The defaults follow the authors' code
+(JinXins/SUMix: ``ClsUncertainMixupHead.IN_loss`` in ``openmixup/models/heads/cls_mixup_head.py``,
+the ``is_IN`` branch of ``MixUpClassification.forward_mix``, and the CIFAR-100 configs
+``configs/classification/cifar100/mixups/uncertain/*.py``), which produced the published numbers.
+"""
 
 from __future__ import annotations
 
@@ -9,57 +16,117 @@ import torch
 from torch import Tensor, nn
 
 from mixlab.batch import MixedBatch
-from mixlab.errors import MixlabTypeError, MixlabValueError, check_int, check_non_negative, check_positive
+from mixlab.errors import (
+    MixlabTypeError,
+    MixlabValueError,
+    check_choice,
+    check_int,
+    check_non_negative,
+    check_positive,
+)
 from mixlab.methods.attention import build_base_mixer
 from mixlab.methods.base import MixParams, RelabellingMixer
-from mixlab.methods.context import FEATURES, MixerNeeds, find_modules, layer_outputs, unwrap
+from mixlab.methods.context import MixerNeeds, find_modules, layer_outputs, unwrap
+from mixlab.sampling import derive_seed, new_generator
 
 #: The cutting mixers SUMix corrects (those of the paper).
 SUMIX_BASES = ("cutmix", "fmix", "resizemix", "saliencymix")
 
+#: The Beta α of each base in the authors' CIFAR-100 configs and README table, used unless α (or λ) is given.
+SUMIX_ALPHAS = {"cutmix": 0.2, "fmix": 0.2, "resizemix": 1.0, "saliencymix": 0.2}
 
-class SemanticHeads(nn.Module):
-    """SUMix's learned part: a semantic head (the learnable similarity function) and an uncertainty head.
+#: How the corrected ratios weight the loss: the batch mean of λ̂ for every sample (the authors' code)
+#: or each sample's own λ̂.
+LAM_PAIRINGS = ("batch_mean", "per_sample")
 
-    Both map pooled features ``(N, feature_dim)`` to ``num_classes`` scores. They start
-    at zero (uniform semantics, so the corrected ratio starts equal to the drawn one,
-    and no random number is drawn).
+
+class UncertaintyHead(nn.Module):
+    """SUMix's uncertainty head: ``u(z) = l2norm(softmax(W z + b))``, ``(N, D) -> (N, K)``.
+
+    The authors' code builds it as an ``nn.Linear`` that keeps PyTorch's default
+    initialisation (``U(-1/sqrt(D), 1/sqrt(D))`` for weight and bias); here those draws
+    come from ``generator`` instead of torch's global generator.
 
     Example:
-        >>> heads = SemanticHeads(4, 3)
-        >>> heads.semantics(torch.randn(2, 4))
-        tensor([[0.3333, 0.3333, 0.3333],
-                [0.3333, 0.3333, 0.3333]], grad_fn=<SoftmaxBackward0>)
+        >>> head = UncertaintyHead(4, 3, generator=torch.Generator().manual_seed(0))
+        >>> head(torch.randn(2, 4)).norm(dim=1)
+        tensor([1.0000, 1.0000], grad_fn=<LinalgVectorNormBackward0>)
     """
 
-    def __init__(self, feature_dim: int, num_classes: int):
+    def __init__(self, feature_dim: int, num_classes: int, *, generator: torch.Generator | None = None):
         super().__init__()
-        self.semantic_weight = nn.Parameter(torch.zeros(num_classes, feature_dim))
-        self.semantic_bias = nn.Parameter(torch.zeros(num_classes))
-        self.uncertainty_weight = nn.Parameter(torch.zeros(num_classes, feature_dim))
-        self.uncertainty_bias = nn.Parameter(torch.zeros(num_classes))
+        bound = feature_dim**-0.5
+        draw = torch.rand(num_classes * (feature_dim + 1), generator=generator) * (2 * bound) - bound
+        self.weight = nn.Parameter(draw[: num_classes * feature_dim].reshape(num_classes, feature_dim).clone())
+        self.bias = nn.Parameter(draw[num_classes * feature_dim :].clone())
 
-    def semantics(self, features: Tensor) -> Tensor:
-        """Class distribution of each sample, ``softmax(W_s z + b_s)``, ``(N, K)``."""
-        return torch.softmax(nn.functional.linear(features, self.semantic_weight, self.semantic_bias), dim=1)
-
-    def uncertainty(self, features: Tensor) -> Tensor:
-        """Per-class uncertainty, the L2-normalised ``softmax(W_u z + b_u)``, ``(N, K)``."""
-        scores = torch.softmax(nn.functional.linear(features, self.uncertainty_weight, self.uncertainty_bias), dim=1)
+    def forward(self, features: Tensor) -> Tensor:
+        """The L2-normalised class distribution of each row of ``features``."""
+        scores = nn.functional.linear(features, self.weight, self.bias).softmax(dim=1)
         return nn.functional.normalize(scores, dim=1)
 
 
-def corrected_lambda(lam: Tensor, distance_a: Tensor, distance_b: Tensor, sharpness: float) -> Tensor:
-    """``λ e^{-κ d_a} / (λ e^{-κ d_a} + (1-λ) e^{-κ d_b})``: the drawn ratio re-weighted by semantic distances.
+def semantic_alpha(mixed_probs: Tensor, source_probs: Tensor, partner_targets: Tensor, scale: float) -> Tensor:
+    """SUMix's semantic term ``α = scale · l2norm(softmax(p_mix − p_src ⊙ (1 − t_partner)))``, ``(N, K)``.
 
-    ``d_a`` (``d_b``) is how much of ``x_i``'s (``x_j``'s) class evidence the mixed sample
-    lost; equal distances leave ``λ`` unchanged, and ``λ`` of 0 or 1 stays as it is.
+    ``p_mix`` and ``p_src`` are the classifier's softmax on the mixed sample and on its
+    source; the partner's class is removed from the source's semantics first. The
+    authors' code uses ``scale = N``, the batch size.
 
     Example:
-        >>> corrected_lambda(torch.tensor([0.5, 0.5, 1.0]), torch.tensor([0.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 0.0]), 2.0)
-        tensor([0.5000, 0.1192, 1.0000])
+        >>> one_hot = torch.eye(3)
+        >>> semantic_alpha(one_hot[:1], one_hot[:1], one_hot[1:2], 3.0)  # the mixed sample looks like its source
+        tensor([[1.7321, 1.7321, 1.7321]])
     """
-    return lam / (lam + (1.0 - lam) * torch.exp(sharpness * (distance_a - distance_b)))
+    difference = mixed_probs - source_probs * (1.0 - partner_targets)
+    return scale * nn.functional.normalize(difference.softmax(dim=1), dim=1)
+
+
+def own_class_alpha(alpha: Tensor, targets: Tensor) -> Tensor:
+    """``α`` at each row's class, ``(N,)``: ``α[y]`` for one-hot ``targets``, ``-log Σ_k t_k e^{-α_k}`` for soft ones.
+
+    Example:
+        >>> own_class_alpha(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+        tensor([2., 3.])
+    """
+    return -torch.logsumexp(targets.log() - alpha, dim=1)
+
+
+def corrected_lambda(lam: Tensor, alpha_a: Tensor, alpha_b: Tensor) -> Tensor:
+    """``λ̂ = λ e^{-α_a} / (λ e^{-α_a} + (1-λ) e^{-α_b})``, computed in the log domain (no 0/0 when both underflow).
+
+    ``α_a`` (``α_b``) is the semantic term at ``x_i``'s (``x_j``'s) own class; equal terms
+    leave ``λ`` unchanged and ``λ`` of 0 or 1 stays as it is.
+
+    Example:
+        >>> corrected_lambda(torch.tensor([0.5, 0.5, 1.0]), torch.tensor([1.0, 2.0, 9.0]), torch.tensor([1.0, 1.0, 0.0]))
+        tensor([0.5000, 0.2689, 1.0000])
+    """
+    return torch.sigmoid(torch.logit(lam) - alpha_a + alpha_b)
+
+
+def uncertainty_loss(
+    alpha_a: Tensor,
+    alpha_b: Tensor,
+    beta_a: Tensor,
+    beta_b: Tensor,
+    target_a: Tensor,
+    target_b: Tensor,
+    lam: Tensor,
+) -> Tensor:
+    """SUMix's regulariser ``mean[λ CE(e^{-(α_a+β_a)}, t_a) + (1-λ) CE(e^{-(α_b+β_b)}, t_b)]``.
+
+    ``e^{-(α+β)}`` are the logits of the cross-entropy; ``t`` are one-hot (or soft) labels
+    ``(N, K)`` and ``λ`` the drawn ratio ``(N,)``.
+
+    Example:
+        >>> zeros, t = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])
+        >>> round(float(uncertainty_loss(zeros, zeros, zeros, zeros, t, t, torch.tensor([0.5]))), 4)  # log 2
+        0.6931
+    """
+    ce_a = -(target_a * torch.exp(-(alpha_a + beta_a)).log_softmax(dim=1)).sum(dim=1)
+    ce_b = -(target_b * torch.exp(-(alpha_b + beta_b)).log_softmax(dim=1)).sum(dim=1)
+    return (lam * ce_a + (1.0 - lam) * ce_b).mean()
 
 
 def pooled(features: Tensor) -> Tensor:
@@ -76,52 +143,64 @@ def pooled(features: Tensor) -> Tensor:
 
 
 class SUMix(RelabellingMixer):
-    """SUMix: a cutting mixer whose label ratio follows the semantics of the mixed sample, plus an uncertainty term.
+    """SUMix: a cutting mixer whose label ratio follows the classifier's semantics, plus an uncertainty regulariser.
 
-    The inputs are mixed by ``base`` (CutMix, FMix, ResizeMix or SaliencyMix). With ``z_i``
-    the pooled features of the clean ``x_i`` at ``layer`` (from :class:`MixContext`, no
-    gradient), ``ẑ`` those of the mixed sample (taken by a hook during the training
-    forward, no extra pass) and ``s(·) = softmax(W_s · + b_s)`` a learned semantic head:
+    The inputs are mixed by ``base`` (CutMix, FMix, ResizeMix or SaliencyMix). ``mb.forward(model)``
+    then runs the model twice, as the authors' code does: on the clean batch and on the mixed
+    one, both in the model's current (training) mode and with gradient. With ``p`` and ``p̂`` the
+    classifier's softmax (detached) on the clean and the mixed sample, ``t`` the one-hot labels,
+    ``j`` the partner and ``N`` the batch size:
 
-    - mix-ratio learning: ``α_a = s(z_i)(1 - t_j) - s(ẑ)`` (the partner's class removed
-      from ``x_i``'s semantics), ``d_a = ⟨t_i, α_a⟩`` the evidence for ``x_i``'s class that
-      the mixed sample lost (likewise ``α_b``, ``d_b`` for ``x_j``), and
-      ``λ̂ = λ e^{-κ d_a} / (λ e^{-κ d_a} + (1-λ) e^{-κ d_b})``. ``mb.lam`` becomes ``λ̂``,
-      detached (the label carries no gradient), when ``mb.forward(model)`` runs;
-    - uncertainty: ``u(·)`` an L2-normalised softmax head, ``β_a = u(z_i) + u(ẑ)``; the
-      regulariser ``γ · mean[λ CE(-κ(α_a + β_a), t_i) + (1-λ) CE(-κ(α_b + β_b), t_j)]``
-      (source semantics detached) is returned by :meth:`loss_terms` as ``"sumix_uncertainty"``.
+    - mix-ratio learning: ``α_a = N·l2norm(softmax(p̂ − p_i(1 − t_j)))``, ``α_b`` likewise with
+      ``p_j(1 − t_i)``, and ``λ̂ = λ e^{-α_a[y_i]} / (λ e^{-α_a[y_i]} + (1-λ) e^{-α_b[y_j]})``;
+    - the label: the authors' loss ``mean(λ̂_a)·CE_a + mean(λ̂_b)·CE_b`` (batch-mean CEs) is the
+      mixed cross-entropy with every sample's weight equal to the batch mean of ``λ̂``, so
+      ``mb.lam`` becomes that mean (``lam_pairing="batch_mean"``; ``"per_sample"`` keeps each
+      sample's own ``λ̂``), detached;
+    - uncertainty: ``u(z) = l2norm(softmax(W_u z + b_u))`` on the pooled features at ``layer``,
+      ``β_a = u(z_i) + u(ẑ)``, ``β_b = u(z_j) + u(ẑ)``, and :meth:`loss_terms` returns
+      ``γ·mean[λ CE(e^{-(α_a+β_a)}, y_i) + (1-λ) CE(e^{-(α_b+β_b)}, y_j)]`` as ``"sumix_uncertainty"``
+      (``α`` detached; the gradient reaches ``W_u`` and, through both passes, the model).
 
-    ``t`` are the one-hot (or given soft) labels. The heads (``W_s``, ``W_u``) are the
-    mixer's parameters, trained by the loop through :meth:`optimizer_groups`. Cost: one
-    forward of the clean batch without gradient (the context's features). Qin, Jin, Zhu,
-    Liao, El-Yacoubi and Gao, ECCV 2024, arXiv 2407.07805.
+    Note the direction of the code's correction: when the mixed sample looks like ``x_i``
+    (``p̂ ≈ p_i``), ``α_a`` is near-uniform and large while ``α_b[y_j]`` is small, so ``λ̂`` moves
+    *towards the partner* (``K = N = 100``, ``λ = 0.5``, ``p̂ = 0.85 t_i + 0.15 t_j`` and one-hot
+    sources give ``λ̂ ≈ 0.012``). Early in training (near-uniform softmax) ``λ̂ ≈ λ``. The strength
+    grows with the batch size (the code's ``N``; 100 in its CIFAR and Tiny-ImageNet configs):
+    ``semantic_scale`` fixes it instead.
+
+    Cost: a second forward and backward (the clean batch, with gradient), as in the code.
+    Qin, Jin, Zhu, Liao, El-Yacoubi and Gao, ECCV 2024, arXiv 2407.07805.
 
     Args:
-        base: ``"cutmix"``, ``"fmix"``, ``"resizemix"`` or ``"saliencymix"``; its default α is used
-            unless one is given here.
+        base: ``"cutmix"``, ``"fmix"``, ``"resizemix"`` or ``"saliencymix"``. Unless ``alpha`` (or ``lam``)
+            is given, α is the authors' for that base (:data:`SUMIX_ALPHAS`: 0.2, and 1.0 for ResizeMix).
         base_options: the base's own options (e.g. ``{"scale": (0.1, 0.8)}`` for ResizeMix).
         model: the model, to pick ``layer`` (its last stage), the feature width and the number of
-            classes and build the heads; without it :class:`MixContext` does so (:meth:`bind_model`).
+            classes and build the uncertainty head; without it :class:`MixContext` does so (:meth:`bind_model`).
         layer: the module whose output is the penultimate representation (default ``model.stages[-1]``);
             ``(N, C, *spatial)`` outputs are averaged over space.
         feature_dim: width of the pooled features (default: inferred from the model).
-        sharpness: κ, the scale of the semantic distances (default 2).
-        gamma: γ, the weight of the uncertainty regulariser (default 0.1, the paper's).
-        lr_scale: learning-rate multiplier of the heads (default 1).
-        **kwargs: the mixer arguments (``alpha``, ``lam_mode``, ``p``, ``num_classes``, ...), passed to the base.
+        gamma: γ, the weight of the uncertainty regulariser (default 0.5, the authors' CIFAR-100
+            configs; they use 1.0 on Tiny-ImageNet).
+        semantic_scale: the factor of ``α``; ``None`` (default) uses the batch size, as the code does.
+        lam_pairing: ``"batch_mean"`` (default, the code's loss) or ``"per_sample"``.
+        lr_scale: learning-rate multiplier of the uncertainty head (default 1: in the code it is
+            part of the classifier's head, trained with the model).
+        **kwargs: the mixer arguments (``alpha``, ``lam_mode``, ``p``, ``num_classes``, ``seed``, ...),
+            passed to the base; ``p`` defaults to 1 whatever the base's own default (the code always
+            mixes); ``seed`` also seeds the uncertainty head's initial weights.
 
     Example:
         >>> import torch
-        >>> from mixlab.methods.context import MixContext
         >>> from mixlab.models import create_model
         >>> net = create_model("cnn_small", 10, input_size=16)
-        >>> mixer = SUMix(model=net, alpha=1.0)
+        >>> mixer = SUMix(model=net, alpha=1.0, seed=0)
         >>> x, y = torch.randn(4, 1, 16, 16), torch.arange(4)
-        >>> mb = mixer(x, y, generator=torch.Generator().manual_seed(0), context=MixContext(mixer, net)(x, y))
-        >>> logits = mb.forward(net)  # sets mb.lam to the corrected ratio
-        >>> sorted(mixer.loss_terms(mb, logits)), mixer.layer
-        (['sumix_uncertainty'], 'fc')
+        >>> mb = mixer(x, y, generator=torch.Generator().manual_seed(0))
+        >>> logits = mb.forward(net)  # the clean and the mixed pass; sets mb.lam to the corrected ratio
+        >>> sorted(mixer.loss_terms(mb, logits)), mixer.layer, bool((mb.lam == mb.lam[0]).all())
+        (['sumix_uncertainty'], 'fc', True)
     """
 
     name = "sumix"
@@ -136,16 +215,21 @@ class SUMix(RelabellingMixer):
         model: nn.Module | None = None,
         layer: str | None = None,
         feature_dim: int | None = None,
-        sharpness: float = 2.0,
-        gamma: float = 0.1,
+        gamma: float = 0.5,
+        semantic_scale: float | None = None,
+        lam_pairing: str = "batch_mean",
         lr_scale: float = 1.0,
         **kwargs: Any,
     ):
+        if isinstance(base, str) and not {"alpha", "lam", "lam_range"} & set(kwargs):
+            kwargs["alpha"] = SUMIX_ALPHAS.get(base)
         super().__init__(**kwargs)
-        self.base = build_base_mixer(self.name, base, SUMIX_BASES, base_options, kwargs)
-        self.lam_sampler = self.base.lam_sampler  # the base's default α when none is given
-        self.sharpness = check_positive("sharpness", sharpness)
+        # the authors' code mixes every batch (no probability): the base gets SUMix's p (default 1), not its own
+        self.base = build_base_mixer(self.name, base, SUMIX_BASES, base_options, {**kwargs, "p": self.p})
+        self.lam_sampler = self.base.lam_sampler  # the one the draws use
         self.gamma = check_non_negative("gamma", gamma)
+        self.semantic_scale = None if semantic_scale is None else check_positive("semantic_scale", semantic_scale)
+        self.lam_pairing = check_choice("sumix lam_pairing", lam_pairing, LAM_PAIRINGS)
         self.lr_scale = check_non_negative("lr_scale", lr_scale)
         if layer is not None and not isinstance(layer, str):
             raise MixlabTypeError(f"sumix: layer must be a module name (str) or None; got {layer!r}")
@@ -153,20 +237,25 @@ class SUMix(RelabellingMixer):
         self.feature_dim = None if feature_dim is None else check_int("feature_dim", feature_dim, minimum=1)
         if self.num_classes is not None and self.num_classes < 2:
             raise MixlabValueError(f"sumix mixes class labels and needs num_classes >= 2; got {self.num_classes}")
-        self.heads: SemanticHeads | None = None
+        self.head: UncertaintyHead | None = None
         if model is not None:
             self.bind_model(model)
         elif layer is not None and self.feature_dim is not None and self.num_classes is not None:
-            self.heads = SemanticHeads(self.feature_dim, self.num_classes)
+            self.head = self._new_head()
+
+    def _new_head(self) -> UncertaintyHead:
+        assert self.feature_dim is not None and self.num_classes is not None
+        seed = None if self.seed is None else derive_seed(self.seed, "sumix_uncertainty_head")
+        return UncertaintyHead(self.feature_dim, self.num_classes, generator=new_generator(seed))
 
     def bind_model(self, model: nn.Module) -> None:
-        """Take the layer (the model's last stage), feature width and class count from ``model``; build the heads.
+        """Take the layer (the model's last stage), feature width and class count from ``model``; build the head.
 
-        Called with ``model=`` and by :class:`MixContext`; heads already built are kept.
+        Called with ``model=`` and by :class:`MixContext`; a head already built is kept.
         """
         module = _bare(model)
         self.layer = _pick_layer(module, self.layer)
-        if self.heads is not None:
+        if self.head is not None:
             return
         num_classes = self.num_classes if self.num_classes is not None else getattr(module, "num_classes", None)
         if num_classes is None:
@@ -178,68 +267,60 @@ class SUMix(RelabellingMixer):
         self.num_classes = int(num_classes)
         if self.feature_dim is None:
             self.feature_dim = _feature_width(module, self.layer)
+        self.head = self._new_head()
         parameter = next(module.parameters(), None)
-        self.heads = SemanticHeads(self.feature_dim, self.num_classes)
         if parameter is not None:
-            self.heads.to(parameter.device)
+            self.head.to(parameter.device)
 
     # ------------------------------------------------------------ engine hooks
 
     @property
     def needs(self) -> MixerNeeds:
-        """The model and the clean batch's features at :attr:`layer` (once known)."""
-        return MixerNeeds(model=True, features=() if self.layer is None else (self.layer,))
+        """The model only: the clean pass runs inside ``mb.forward`` (with gradient, as in the code)."""
+        return MixerNeeds(model=True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The semantic and uncertainty heads' weights and biases (none before the model is known)."""
-        return [] if self.heads is None else list(self.heads.parameters())
+        """The uncertainty head's weight and bias (none before the model is known)."""
+        return [] if self.head is None else list(self.head.parameters())
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
-        """One group with the heads, at ``lr_scale`` times the run's learning rate."""
+        """One group with the uncertainty head, at ``lr_scale`` times the run's learning rate."""
         params = self.trainable_parameters()
         return [{"params": params, "lr_scale": self.lr_scale}] if params else []
 
     def loss_terms(self, mb: MixedBatch, outputs: Tensor) -> dict[str, Tensor]:
         """``{"sumix_uncertainty": γ · regulariser}`` for a batch run through ``mb.forward``; else nothing."""
         state = mb.aux.get(self.name)
-        if state is None or self.gamma == 0.0 or self.heads is None:
+        if state is None or self.gamma == 0.0 or self.head is None:
             return {}
-        mixed_semantics, source_semantics = state["mixed_semantics"], state["source_semantics"].detach()
-        mixed_uncertainty = self.heads.uncertainty(state["mixed"])
-        source_uncertainty = self.heads.uncertainty(state["sources"])
-        perm, target_a, target_b, lam = state["perm"], state["target_a"], state["target_b"], state["prior"]
-        terms = []
-        for own, other, source, uncertainty in (
-            (target_a, target_b, source_semantics, source_uncertainty),
-            (target_b, target_a, source_semantics[perm], source_uncertainty[perm]),
-        ):
-            alpha = source * (1.0 - other) - mixed_semantics
-            logits = -self.sharpness * (alpha + uncertainty + mixed_uncertainty)
-            terms.append(-(own * logits.log_softmax(dim=1)).sum(dim=1))
-        regulariser = (lam * terms[0] + (1.0 - lam) * terms[1]).mean()
+        clean, mixed = self.head(state["clean_features"]), self.head(state["mixed_features"])
+        beta_a, beta_b = clean + mixed, clean[state["perm"]] + mixed
+        regulariser = uncertainty_loss(
+            state["alpha_a"], state["alpha_b"], beta_a, beta_b, state["target_a"], state["target_b"], state["prior"]
+        )
         return {"sumix_uncertainty": self.gamma * regulariser}
 
     def to(self, device: torch.device | str) -> SUMix:
-        """Move the heads to ``device``."""
-        if self.heads is not None:
-            self.heads.to(device)
+        """Move the uncertainty head to ``device``."""
+        if self.head is not None:
+            self.head.to(device)
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """The heads' weights (nothing before the model is known)."""
-        if self.heads is None:
+        """The uncertainty head's weights (nothing before the model is known)."""
+        if self.head is None:
             return {}
-        return {"heads": {key: value.detach().clone() for key, value in self.heads.state_dict().items()}}
+        return {"uncertainty_head": {key: value.detach().clone() for key, value in self.head.state_dict().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the heads saved by :meth:`state_dict`."""
-        if not state and self.heads is None:
+        """Restore the head saved by :meth:`state_dict`."""
+        if not state and self.head is None:
             return
-        if set(state) != {"heads"}:
-            raise MixlabValueError(f"sumix state must have the key 'heads'; got keys {sorted(state)}")
-        if self.heads is None:
-            raise MixlabValueError("sumix has no heads yet: build it with model= (or bind_model(model)) before loading")
-        self.heads.load_state_dict(state["heads"])
+        if set(state) != {"uncertainty_head"}:
+            raise MixlabValueError(f"sumix state must have the key 'uncertainty_head'; got keys {sorted(state)}")
+        if self.head is None:
+            raise MixlabValueError("sumix has no head yet: build it with model= (or bind_model(model)) before loading")
+        self.head.load_state_dict(state["uncertainty_head"])
 
     # ------------------------------------------------------------ mixing
 
@@ -252,29 +333,18 @@ class SUMix(RelabellingMixer):
             )
 
     def _check_context(self, context: dict[str, Any]) -> None:
-        if self.layer is None or self.heads is None:
+        if self.layer is None or self.head is None:
             raise MixlabValueError(
                 "sumix does not know its model yet: pass model= to SUMix(...) or "
                 "context=MixContext(mixer, model)(x, y) (mixlab.methods.context.MixContext)"
             )
-        features = context.get(FEATURES, {})
-        if self.layer not in features:
-            raise MixlabValueError(
-                f"sumix needs the clean batch's features at {self.layer!r}: pass "
-                "context=MixContext(mixer, model)(x, y) (mixlab.methods.context.MixContext)"
-            )
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
-        """Mix as the base does; ``mb.forward(model)`` then captures ``ẑ`` and sets ``mb.lam`` to ``λ̂``."""
+        """Mix as the base does; ``mb.forward(model)`` then runs the clean and mixed passes and sets ``mb.lam``."""
+        clean = x.clone() if params.mixed and self.base.inplace else x  # in place, the base overwrites x
         mb = super().apply(x, y, params, context=context)
         if params.mixed:
-            sources = pooled((context or {}).get(FEATURES, {})[self.layer])
-            if sources.shape != (x.shape[0], self.feature_dim):
-                raise MixlabValueError(
-                    f"sumix: features at {self.layer!r} pool to {tuple(sources.shape)}; expected "
-                    f"({x.shape[0]}, {self.feature_dim}) (check layer= and feature_dim=)"
-                )
-            mb.forward_fn = _SemanticLabel(self, mb, sources.detach(), mb.lam.float())
+            mb.forward_fn = _CleanThenMixed(self, mb, clean, mb.lam.float())
         return mb
 
     def targets(self, y: Tensor) -> Tensor:
@@ -289,60 +359,81 @@ class SUMix(RelabellingMixer):
             return y.float()
         return nn.functional.one_hot(y.long(), self.num_classes).float()
 
-    def relabel(self, mb: MixedBatch, mixed: Tensor, sources: Tensor, prior: Tensor) -> Tensor:
-        """Compute ``λ̂`` from the pooled features of the mixed and clean samples and return it (with gradient).
+    def relabel(self, mb: MixedBatch, passes: dict[str, Tensor], prior: Tensor) -> Tensor:
+        """Set ``mb.lam`` from the two passes' logits and keep in ``mb.aux["sumix"]`` what :meth:`loss_terms` needs.
 
-        ``prior`` is the base's ratio; ``mb.lam`` becomes ``λ̂`` detached and ``mb.aux["sumix"]``
-        keeps what :meth:`loss_terms` needs.
+        ``passes`` holds ``clean_logits``, ``mixed_logits``, ``clean_features`` and ``mixed_features``;
+        ``prior`` is the base's ratio. Returns the per-sample corrected ratio ``λ̂``.
         """
         target_a, target_b = self.targets(mb.target_a), self.targets(mb.target_b)
-        mixed_semantics = self.heads.semantics(mixed)
-        source_semantics = self.heads.semantics(sources)
-        lost_a = (target_a * (source_semantics * (1.0 - target_b) - mixed_semantics)).sum(dim=1)
-        lost_b = (target_b * (source_semantics[mb.perm] * (1.0 - target_a) - mixed_semantics)).sum(dim=1)
-        learned = corrected_lambda(prior, lost_a, lost_b, self.sharpness)
+        scale = float(mb.batch_size) if self.semantic_scale is None else self.semantic_scale
+        with torch.no_grad():  # the semantics are the classifier's detached softmax
+            source = passes["clean_logits"].detach().float().softmax(dim=1)
+            mixed = passes["mixed_logits"].detach().float().softmax(dim=1)
+            alpha_a = semantic_alpha(mixed, source, target_b, scale)
+            alpha_b = semantic_alpha(mixed, source[mb.perm], target_a, scale)
+            corrected = corrected_lambda(prior, own_class_alpha(alpha_a, target_a), own_class_alpha(alpha_b, target_b))
         mb.aux[self.name] = {
-            "mixed": mixed,
-            "sources": sources,
-            "mixed_semantics": mixed_semantics,
-            "source_semantics": source_semantics,
+            "clean_features": passes["clean_features"],
+            "mixed_features": passes["mixed_features"],
+            "alpha_a": alpha_a,
+            "alpha_b": alpha_b,
             "perm": mb.perm,
             "target_a": target_a,
             "target_b": target_b,
             "prior": prior,
-            "learned_lam": learned,
+            "corrected_lam": corrected,
         }
-        mb.lam = learned.detach().clamp(0.0, 1.0)
-        return learned
+        lam = corrected.mean().expand_as(corrected).clone() if self.lam_pairing == "batch_mean" else corrected
+        mb.lam = lam.clamp(0.0, 1.0)
+        return corrected
 
     def __repr__(self) -> str:
-        return f"SUMix(base={self.base!r}, layer={self.layer!r}, sharpness={self.sharpness}, gamma={self.gamma})"
+        return (
+            f"SUMix(base={self.base!r}, layer={self.layer!r}, gamma={self.gamma}, "
+            f"semantic_scale={self.semantic_scale}, lam_pairing={self.lam_pairing!r})"
+        )
 
 
-class _SemanticLabel:
-    """Runs the model with a hook that keeps the mixed sample's features, then sets the batch's ``lam``."""
+class _CleanThenMixed:
+    """Runs the model on the clean batch, then on the mixed one, keeping both passes' logits and pooled features."""
 
-    def __init__(self, mixer: SUMix, batch: MixedBatch, sources: Tensor, prior: Tensor):
-        self.mixer, self.batch, self.sources, self.prior = mixer, batch, sources, prior
+    def __init__(self, mixer: SUMix, batch: MixedBatch, clean: Tensor, prior: Tensor):
+        self.mixer, self.batch, self.clean, self.prior = mixer, batch, clean, prior
 
     def __call__(self, model: nn.Module, inputs: Tensor) -> Any:
         layer = self.mixer.layer
         target = find_modules(_bare(model), [layer], what="feature layer")[layer]
-        seen: list[Tensor] = []
+        clean_logits, clean_features = _run_keeping(model, target, self.clean, layer)
+        mixed_logits, mixed_features = _run_keeping(model, target, inputs, layer)
+        passes = {
+            "clean_logits": clean_logits,
+            "mixed_logits": mixed_logits,
+            "clean_features": clean_features,
+            "mixed_features": mixed_features,
+        }
+        self.mixer.relabel(self.batch, passes, self.prior)
+        return mixed_logits
 
-        def keep_first(_module: nn.Module, _args: Any, output: Any) -> None:
-            if not seen:
-                seen.append(output)
 
-        handle = target.register_forward_hook(keep_first)
-        try:
-            outputs = model(inputs)
-        finally:
-            handle.remove()
+def _run_keeping(model: nn.Module, target: nn.Module, inputs: Tensor, layer: str) -> tuple[Tensor, Tensor]:
+    """``model(inputs)`` and the pooled output of ``target`` (its first call) during that forward."""
+    seen: list[Tensor] = []
+
+    def keep_first(_module: nn.Module, _args: Any, output: Any) -> None:
         if not seen:
-            raise MixlabValueError(f"sumix: layer {layer!r} did not run during the forward pass")
-        self.mixer.relabel(self.batch, pooled(seen[0]), self.sources, self.prior)
-        return outputs
+            seen.append(output)
+
+    handle = target.register_forward_hook(keep_first)
+    try:
+        logits = model(inputs)
+    finally:
+        handle.remove()
+    if not seen:
+        raise MixlabValueError(f"sumix: layer {layer!r} did not run during the forward pass")
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        raise MixlabValueError(f"sumix needs a classifier returning logits (N, K); got {logits!r:.80}")
+    return logits, pooled(seen[0])
 
 
 def _bare(model: nn.Module) -> nn.Module:
@@ -376,4 +467,15 @@ def _feature_width(module: nn.Module, layer: str) -> int:
     return int(pooled(layer_outputs(module, probe, [layer])[layer]).shape[1])
 
 
-__all__ = ["SUMIX_BASES", "SUMix", "SemanticHeads", "corrected_lambda", "pooled"]
+__all__ = [
+    "LAM_PAIRINGS",
+    "SUMIX_ALPHAS",
+    "SUMIX_BASES",
+    "SUMix",
+    "UncertaintyHead",
+    "corrected_lambda",
+    "own_class_alpha",
+    "pooled",
+    "semantic_alpha",
+    "uncertainty_loss",
+]
