@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mixer_checks import assert_trains, check_contract, digits, own_loop, small_cnn
 from torch import nn
 
+from mixer_checks import assert_mixer_contract, assert_trains, digits, own_loop, small_cnn
 from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
 from mixlab.losses import mixed_cross_entropy
 from mixlab.methods.attention import (
@@ -48,7 +48,7 @@ def forward_with_attention(mb: object, model: ViTTiny) -> tuple[torch.Tensor, to
 def test_contract_on_a_small_vit() -> None:
     x, y = digits(24)
     model = small_vit()
-    mb = check_contract(TransMix(model=model), x, y, model, lam_is_mask_mean=True)
+    mb = assert_mixer_contract(TransMix(model=model), x, y, model, lam_is_mask_mean=True)
     assert mb.forward_fn is not None and mb.mask is not None
 
 
@@ -183,6 +183,9 @@ def test_defaults_follow_the_paper() -> None:
     assert mixer.needs.model and mixer.needs.attention
     assert mixer.base.lam_sampler.alpha == 1.0  # CutMix's alpha in the DeiT recipe the paper trains with
     assert TransMix(alpha=0.3).base.lam_sampler.alpha == 0.3
+    assert mixer.p == 1.0 and mixer.base.p == 1.0  # the DeiT recipe mixes every batch, whatever the base's default
+    assert TransMix(p=0.5).base.p == 0.5
+    assert TransMix(base="saliencymix").base.p == 1.0
 
 
 def test_refuses_a_model_without_attention() -> None:

@@ -180,9 +180,10 @@ class TransMix(RelabellingMixer):
     Sec. 3.2. The new ``lam`` is detached (no gradient flows through the label) and
     written into ``mb.lam`` by :meth:`MixedBatch.forward`, so run the model with
     ``mb.forward(model)``; losses read ``mb.lam`` afterwards. Until then ``mb.lam`` is
-    the base's area ratio. No extra forward pass. Default ``alpha=1`` (CutMix's in the
-    DeiT recipe the paper uses; that recipe also switches to plain mixup, without
-    TransMix, for half the batches, which this mixer does not do).
+    the base's area ratio. No extra forward pass. Defaults ``alpha=1`` and ``p=1``
+    (CutMix's α and the mixing probability in the DeiT recipe the paper trains with;
+    that recipe also switches to plain mixup, without TransMix, for half the batches,
+    which this mixer does not do).
     Chen, Sun, He, Torr, Yuille and Bai, CVPR 2022, arXiv 2111.09833.
 
     Args:
@@ -227,6 +228,8 @@ class TransMix(RelabellingMixer):
         self.lam_rule = check_choice("transmix lam_rule", lam_rule, LAM_RULES)
         if all(kwargs.get(key) is None for key in ("alpha", "lam", "lam_range")):
             kwargs["alpha"] = self.default_alpha
+        # the DeiT recipe mixes every batch (mixup_prob=1), whatever the base's own default p (CutMix's is 0.5)
+        kwargs.setdefault("p", 1.0)
         super().__init__(**kwargs)
         self.base = build_base_mixer(self.name, base, TRANSMIX_BASES, base_options, kwargs)
         if layer is not None and not isinstance(layer, str):
