@@ -49,8 +49,8 @@ class UncertaintyHead(nn.Module):
 
     Example:
         >>> head = UncertaintyHead(4, 3, generator=torch.Generator().manual_seed(0))
-        >>> head(torch.randn(2, 4)).norm(dim=1)
-        tensor([1.0000, 1.0000], grad_fn=<LinalgVectorNormBackward0>)
+        >>> [round(norm, 4) for norm in head(torch.ones(2, 4)).norm(dim=1).tolist()]
+        [1.0, 1.0]
     """
 
     def __init__(self, feature_dim: int, num_classes: int, *, generator: torch.Generator | None = None):
@@ -169,6 +169,9 @@ class SUMix(RelabellingMixer):
     grows with the batch size (the code's ``N``; 100 in its CIFAR and Tiny-ImageNet configs):
     ``semantic_scale`` fixes it instead.
 
+    Beyond the code (which takes one λ per batch and class indices): with ``lam_mode="sample"`` the
+    mean runs over the samples' own ``λ̂``; soft labels use ``-log Σ_k t_k e^{-α_k}`` for ``α[y]``.
+
     Cost: a second forward and backward (the clean batch, with gradient), as in the code.
     Qin, Jin, Zhu, Liao, El-Yacoubi and Gao, ECCV 2024, arXiv 2407.07805.
 
@@ -184,7 +187,8 @@ class SUMix(RelabellingMixer):
         gamma: γ, the weight of the uncertainty regulariser (default 0.5, the authors' CIFAR-100
             configs; they use 1.0 on Tiny-ImageNet).
         semantic_scale: the factor of ``α``; ``None`` (default) uses the batch size, as the code does.
-        lam_pairing: ``"batch_mean"`` (default, the code's loss) or ``"per_sample"``.
+        lam_pairing: ``"batch_mean"`` (default, the code's loss) or ``"per_sample"`` (each mixed sample
+            labelled with its own ``λ̂``; not what the published numbers were trained with).
         lr_scale: learning-rate multiplier of the uncertainty head (default 1: in the code it is
             part of the classifier's head, trained with the model).
         **kwargs: the mixer arguments (``alpha``, ``lam_mode``, ``p``, ``num_classes``, ``seed``, ...),
