@@ -118,18 +118,39 @@ def mixed_cross_entropy(logits: Tensor, mb: MixedBatch, smoothing: float = 0.0, 
     return _reduce(per_sample, reduction)
 
 
+BCE_CLASS_REDUCTIONS = ("mean", "sum")
+
+
 def mixed_bce(
     logits: Tensor,
     mb: MixedBatch,
     smoothing: float = 0.0,
     target_threshold: float | None = None,
     reduction: str = "mean",
+    class_reduction: str = "mean",
 ) -> Tensor:
     """One-vs-all sigmoid cross-entropy on the mixed (optionally smoothed) target.
 
-    The per-sample loss is the mean over classes. With ``target_threshold``
-    the mixed target is binarised (``> threshold``), as in the DeiT III recipe
-    (Touvron et al., ECCV 2022, arXiv 2204.07118).
+    The target is the mixed soft label, each source smoothed as timm does
+    (``1 - s + s/K`` on its class, ``s/K`` elsewhere). With ``target_threshold``
+    it is binarised (``target > threshold``). The per-sample loss is the mean over
+    classes (``class_reduction="sum"``: the sum, timm's ``sum_classes=True``), then
+    ``reduction`` runs over samples; the default equals ``BCEWithLogitsLoss``'s mean
+    over all ``N * K`` terms, as timm's ``BinaryCrossEntropy``
+    (``timm/loss/binary_cross_entropy.py``) computes it.
+
+    DeiT III (Touvron et al., ECCV 2022, arXiv 2204.07118; facebookresearch/deit
+    ``main.py``/``engine.py`` with ``--bce-loss``, ``--smoothing 0.0``) trains with
+    ``target_threshold=0.0``: both mixed classes become positives (a two-hot target).
+
+    Args:
+        logits: ``(N, K)`` model outputs on ``mb``.
+        mb: the mixed batch (any number of sources).
+        smoothing: label-smoothing mass in [0, 1].
+        target_threshold: in [0, 1], or ``None`` for the soft target. It must not
+            be below the smoothed floor ``smoothing / K``, which would make every class a positive.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` over samples.
+        class_reduction: ``"mean"`` or ``"sum"`` over classes.
 
     Example:
         >>> y = torch.tensor([0, 1])
@@ -137,12 +158,20 @@ def mixed_bce(
         >>> mixed_bce(torch.zeros(2, 2), mb).item() > 0
         True
     """
+    check_choice("mixed_bce class_reduction", class_reduction, BCE_CLASS_REDUCTIONS)
     k = _check_logits(logits, mb.batch_size)
     targets = mb.soft_targets(k, smoothing)
     if target_threshold is not None:
-        targets = (targets > check_probability("target_threshold", target_threshold)).to(torch.float32)
+        threshold = check_probability("target_threshold", target_threshold)
+        if threshold < smoothing / k:
+            raise MixlabValueError(
+                f"target_threshold={target_threshold} is below the smoothed floor smoothing/K = {smoothing}/{k}: "
+                "every class would be a positive; use a threshold >= smoothing/K (or smoothing=0)"
+            )
+        targets = (targets > threshold).to(torch.float32)
     per_element = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
-    return _reduce(per_element.mean(dim=-1), reduction)
+    per_sample = per_element.sum(dim=-1) if class_reduction == "sum" else per_element.mean(dim=-1)
+    return _reduce(per_sample, reduction)
 
 
 def bce_softmax(logits: Tensor, mb: MixedBatch, smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
@@ -175,6 +204,9 @@ def bce_softmax(logits: Tensor, mb: MixedBatch, smoothing: float = 0.0, reductio
     return _reduce(per_element.mean(dim=-1), reduction)
 
 
+DECOUPLED_CLASSES = ("both", "smaller", "larger")
+
+
 def decoupled_mixup_loss(
     logits: Tensor,
     mb: MixedBatch,
@@ -182,17 +214,49 @@ def decoupled_mixup_loss(
     lam_power: float = 1.0,
     smoothing: float = 0.0,
     reduction: str = "mean",
+    classes: str = "both",
 ) -> Tensor:
     """Mixed CE plus Decoupled Mixup's regulariser, for class-index targets.
 
     For a sample mixing classes ``a`` (weight λ) and ``b``, the decoupled softmax
     scores ``a`` with ``b`` removed from the normaliser (and ``b`` without
     ``a``): ``H_a = exp(z_a) / (exp(z_a) + sum_{c not in {a, b}} exp(z_c))``.
-    The loss adds ``eta * (λ^q * -log H_a + (1-λ)^q * -log H_b)`` with
-    ``q = lam_power`` (0 weighs both classes equally); samples that are not
-    mixed (``a == b``, or λ in {0, 1}) get no extra term. Hard mixed samples, whose two classes compete, keep a
-    strong gradient, and no extra forward pass is needed.
-    Liu et al., NeurIPS 2023, arXiv 2203.10761.
+    The loss is the mixed CE (over all classes) **plus**
+    ``eta * (λ^q * -log H_a + (1-λ)^q * -log H_b)`` with ``q = lam_power``
+    (0 weighs both classes equally); samples that are not mixed (``a == b``, or
+    λ in {0, 1}) get no extra term. Hard mixed samples, whose two classes compete,
+    keep a strong gradient, and no extra forward pass is needed.
+    Liu et al., "Harnessing Hard Mixed Samples with Decoupled Regularizer",
+    NeurIPS 2023, arXiv 2203.10761.
+
+    The authors' code is OpenMixup (``openmixup/models/losses/cross_entropy_loss.py``,
+    ``soft_mix_cross_entropy``, with the weights of ``ClsMixupHead.loss`` in
+    ``openmixup/models/heads/cls_mixup_head.py``). The defaults are its CIFAR-100
+    DM config (``configs/classification/cifar100/mixups/decouple/r18_mixups_CE_soft_decouple.py``:
+    ``eta=0.1``, ``mode="both"``, ``lam_idx=1``). Its tuned per-mixer configs change
+    all three (e.g. mixup with α = 0.2: ``eta=0.01``, ``lam_power=0.5``, ``classes="larger"``).
+
+    Where mixlab departs from that code, on purpose:
+
+    - the code attaches ``eta * λ^q`` to the mixed class with the *lower class index*
+      in the batch's first row, not to class ``a``: for about half the batches the two
+      weights are swapped (a bug; over batches it averages to ``eta/2`` per class when
+      ``q = 1``). mixlab weighs each class by its own ratio, per sample.
+    - the code skips the decoupled term for the whole batch when λ = 0.5 exactly (its
+      masking cannot tell the two classes apart); mixlab applies it.
+    - with label smoothing the code's decoupled target becomes all ones; mixlab keeps
+      the one-hot target there and smooths only the mixed CE.
+
+    Args:
+        logits: ``(N, K)`` model outputs on ``mb``.
+        mb: a two-source mixed batch with class-index targets.
+        eta: weight of the decoupled term (OpenMixup's ``eta_weight["eta"]``).
+        lam_power: ``q`` in ``λ^q`` (OpenMixup's ``lam_idx`` with ``lam_scale_mode="pow"``, ``lam_thr=1``).
+        smoothing: label smoothing of the mixed CE.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        classes: which mixed classes get the decoupled term: ``"both"``, only the one
+            with the ``"smaller"`` label weight, or the ``"larger"`` (OpenMixup's
+            ``eta_weight`` modes ``"both"``, ``"less"`` and ``"more"`` with ``thr=0.5``).
 
     Example:
         >>> y = torch.tensor([0, 1])
@@ -202,6 +266,7 @@ def decoupled_mixup_loss(
     """
     eta = check_non_negative("eta", eta)
     lam_power = check_non_negative("lam_power", lam_power)
+    classes = check_choice("decoupled_mixup_loss classes", classes, DECOUPLED_CLASSES)
     mb.require_two_sources("decoupled_mixup_loss")
     if mb.target_a.is_floating_point():
         raise MixlabTypeError(
@@ -214,10 +279,20 @@ def decoupled_mixup_loss(
     without_a = z.scatter(1, ya, float("-inf"))
     nll_a = torch.logsumexp(without_b, dim=1) - z.gather(1, ya).squeeze(1)
     nll_b = torch.logsumexp(without_a, dim=1) - z.gather(1, yb).squeeze(1)
-    lam = mb.lam.to(z.device, torch.float32)
-    decoupled = lam.pow(lam_power) * nll_a + (1.0 - lam).pow(lam_power) * nll_b
+    weight_a, weight_b = _decoupled_weights(mb.lam.to(z.device, torch.float32), lam_power, classes)
+    decoupled = weight_a * nll_a + weight_b * nll_b
     decoupled = torch.where(_mixed_pairs(mb).to(decoupled.device), decoupled, torch.zeros_like(decoupled))
     return _reduce(base + eta * decoupled, reduction)
+
+
+def _decoupled_weights(lam: Tensor, lam_power: float, classes: str) -> tuple[Tensor, Tensor]:
+    """``(λ^q, (1-λ)^q)``, zeroed for the class left out by ``classes`` (threshold 0.5, as OpenMixup's)."""
+    weight_a, weight_b = lam.pow(lam_power), (1.0 - lam).pow(lam_power)
+    if classes == "both":
+        return weight_a, weight_b
+    a_is_smaller = lam < 0.5
+    keep_a = a_is_smaller if classes == "smaller" else ~a_is_smaller
+    return torch.where(keep_a, weight_a, 0.0), torch.where(keep_a, 0.0, weight_b)
 
 
 def regmixup_loss(
@@ -276,19 +351,35 @@ def rankmixup_loss(
 
     ``mode="mrl"`` (mixup-based ranking loss): per sample,
     ``max(0, s(mixed_i) - s(clean_i) + margin)`` with ``s`` the largest logit
-    (``score="logit"``, margin 2 on CIFAR) or the largest softmax probability
-    (``score="confidence"``); samples that are not mixed (same class, or λ in
-    {0, 1}) are skipped.
+    (``score="logit"``, margin 2 on CIFAR, 1 on Tiny-ImageNet) or the largest softmax
+    probability (``score="confidence"``); samples that are not mixed (same class, or
+    λ in {0, 1}) are skipped, and the mean runs over all samples.
 
     ``mode="ndcg"`` (M-NDCG): give several mixed batches (one logits tensor and
-    one :class:`MixedBatch` each). For every raw sample, the list
-    ``[raw, mixed_1, ..., mixed_M]`` has relevance 1 for the raw sample and
-    ``max(lam, 1 - lam)`` for each mixed one, scores are the largest softmax
+    one :class:`MixedBatch` each; the authors use 3, each with its own λ and
+    partners). For every raw sample, the list ``[raw, mixed_1, ..., mixed_M]`` has
+    relevance 1 for the raw sample and ``max(lam, 1 - lam)`` for each mixed one
+    (1 when both sources share the class), scores are the largest softmax
     probability, and the loss is ``1 - NDCG`` of the scores in the order of
-    decreasing relevance (the ratio inverted when the DCG exceeds the ideal).
+    decreasing relevance (ties kept in the given order), the ratio inverted when the
+    DCG exceeds the ideal.
 
-    The total is ``CE(logits_clean, y) + eta * ranking``.
+    The total is ``CE(logits_clean, y) + eta * ranking``: the mixed batch is scored
+    only through the ranking term (no mixed CE).
     Noh et al., ICCV 2023, arXiv 2308.11990.
+
+    The authors' code (cvlab-yonsei/RankMixup: ``calibrate/losses/rankmixup.py``,
+    ``configs/loss/mrl.yaml``, ``configs/model/resnet50_mixup.yaml``,
+    ``calibrate/engine/trainer.py``) sets, for CIFAR: ``eta`` (their ``alpha``) 0.1,
+    ``margin`` 2.0, the logit score; mixed batches drawn with λ ~ Beta(2, 2), one λ and
+    one permutation per mixed batch (use ``Mixup(alpha=2.0)``); 1 mixed batch for MRL,
+    3 for M-NDCG; the clean and the mixed batches go through the model in separate
+    forward passes (each with its own BatchNorm statistics). Where mixlab departs:
+    the code's MRL mask, ``(N,)``, multiplies hinge values of shape ``(N, 1)`` and
+    broadcasts to ``(N, N)``, so its loss is ``mean(mixed) * mean(hinge over all
+    samples)``: same-class samples are penalised too, and the total is scaled by the
+    fraction of mixed samples. The per-sample mask was evidently meant (it is built
+    per sample and discarded by the broadcast); mixlab applies it per sample.
 
     Example:
         >>> y = torch.tensor([0, 1])
@@ -358,7 +449,7 @@ def _mixup_ndcg(logits_clean: Tensor, logits_mixed: list[Tensor], batches: list[
     order = torch.cat(
         [
             torch.zeros_like(relevance_t[:, :1], dtype=torch.long),
-            1 + relevance_t[:, 1:].argsort(dim=1, descending=True),
+            1 + relevance_t[:, 1:].argsort(dim=1, descending=True, stable=True),
         ],
         dim=1,
     )
