@@ -1,23 +1,27 @@
-"""Learned mask generators: AutoMix and AdAutoMix.
+"""Learned mask generators: AutoMix and AdAutoMix, as their authors' CIFAR configurations run them.
 
-A small cross-attention network, the :class:`MixBlock`, reads the two samples'
-feature maps at one layer of an exponential-moving-average (EMA) copy of the
-classifier, together with the mixing ratio λ, and outputs the mixing mask; the
-mask is upsampled to the input. The generator is trained inside the ordinary
-training step: everything it needs goes through the mixer hooks
-(:attr:`~mixlab.methods.base.Mixer.needs`, :meth:`~mixlab.methods.base.Mixer.loss_terms`,
-:meth:`~mixlab.methods.base.Mixer.optimizer_groups`), so one backward pass gives
-the classifier its gradient and the Mix Block its own.
+A small attention network (the Mix Block) reads the feature maps of the
+samples to be mixed at one layer of a momentum encoder (an exponential moving
+average of the classifier that the mixer owns and runs in train mode) and
+outputs a mask per source; the mask is upsampled to the input. Everything the
+generator needs goes through the mixer hooks (:attr:`~mixlab.methods.base.Mixer.needs`,
+:meth:`~mixlab.methods.base.Mixer.loss_terms`, :meth:`~mixlab.methods.base.Mixer.optimizer_groups`,
+:meth:`~mixlab.methods.base.Mixer.after_step`), so one backward pass gives the
+classifier its gradient and the Mix Block its own.
 
-- :class:`AutoMix` (Liu et al., ECCV 2022, arXiv 2103.13027): the online
-  classifier learns from the mixed sample with the mask detached; the Mix Block
-  learns from the EMA ("momentum") classifier's mixed loss on the same sample,
-  plus a loss that keeps the mask's mean near λ.
-- :class:`AdAutoMix` (Qin et al., ICLR 2024, arXiv 2312.11954): the generator
-  plays against the classifier (a gradient-reversal on the classifier's input),
-  held to the sources' meaning by a cosine-similarity constraint through the EMA teacher.
+- :class:`AutoMix` (Liu et al., ECCV 2022, arXiv 2103.13027): the Mix Block
+  learns from the momentum encoder's mixed cross-entropy on its own sample and a
+  mask-mean loss; the classifier learns from a separately drawn sample (mask
+  detached) and from the clean batch.
+- :class:`AdAutoMix` (Qin et al., ICLR 2024, arXiv 2312.11954): three sources per
+  sample; on every other step the generator ascends the momentum encoder's mixed
+  cross-entropy, with a cosine-similarity term.
 
-Both need ``context=MixContext(mixer, model)(x, y)`` at each step.
+Reference code: Westlake-AI/openmixup ``openmixup/models/classifiers/automix.py``,
+``openmixup/models/heads/pmix_block.py``, ``configs/classification/cifar100/automix/basic/
+r18_l2_a2_near_L1_01_mlr5e_2.py``; JinXins/Adversarial-AutoMixup ``openmixup/models/
+classifiers/AdAutoMix.py``, ``openmixup/models/heads/Ada_mix_pine.py``,
+``configs/classification/cifar100/basic/r18_adautomix_bilinear.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,161 +47,216 @@ from mixlab.errors import (
     check_probability,
 )
 from mixlab.losses import mixed_cross_entropy
-from mixlab.methods.base import Mixer, MixParams, ratios_to_device
-from mixlab.methods.context import EMA_MODEL, FEATURES, INPUT, MixerNeeds, find_modules, unwrap
+from mixlab.methods.base import Mixer, MixParams, unmixed_params
+from mixlab.methods.context import INPUT, OUTPUT, MixerNeeds, find_modules, forward_until, make_ema, unwrap
 
 #: Where a learned mixer keeps, in ``MixedBatch.aux``, what its ``loss_terms`` need.
 AUX_KEY = "learned_mix"
 UPSAMPLE_MODES = ("nearest", "linear")
-#: The initial masks are sigmoid(LAM_SLOPE (λ - 1/2)), within 0.07 of λ.
-LAM_SLOPE = 6.0
+MASK_LOSS_MODES = ("batch", "sample")
+SIMILARITY_MODES = ("code", "preserve")
 _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+_INIT_STD = 0.01
 
 
-class MixBlock(nn.Module):
-    """The Mix Block: a λ-conditioned cross-attention from two feature maps to a mixing mask.
+def cosine_momentum(
+    step: int, total_steps: int | None, start: float = 0.999, end: float = 0.999999, delay: float = 0.1
+) -> float:
+    """The momentum encoder's momentum for the update after optimiser step ``step`` (counted from 0).
 
-    Each position of the feature map is a token; λ is appended as one more
-    channel (``λ`` to the sample, ``1 - λ`` to its partner). Queries from one
-    map attend (scaled dot product, softmax over positions) to keys of the
-    other, and gather a one-channel value: the evidence for taking the other
-    sample at that position. AutoMix's block (``symmetric=False``, query and key
-    projections shared) puts the evidence for the partner through a sigmoid; the
-    symmetric block (``symmetric=True``, separate key projection, as AdAutoMix's
-    generator) compares the evidence for each source, a softmax over the two
-    sources. The logits are upsampled to the input size before the sigmoid.
-    Weights start at N(0, 0.01²) as in the paper, except the value weight of the
-    λ channel, which makes the first masks ``sigmoid(6 (λ - 1/2))``, within 0.07 of
-    λ everywhere: the generator starts as mixup instead of at 0.5, which keeps short runs stable.
-    Liu et al., ECCV 2022, arXiv 2103.13027, Sec. 3.2; Qin et al., ICLR 2024, arXiv 2312.11954.
+    Held at ``start`` for the first ``int(delay * total_steps)`` steps, then
+    ``end - (end - start) * (cos(pi * step / total_steps) + 1) / 2``, and ``end``
+    from ``total_steps`` on. The cosine is of the whole run's progress, so it takes
+    over from ``start`` with a small jump (to 0.999024 for the defaults). This is
+    OpenMixup's ``CosineScheduleHook(end_momentum, adjust_scope=[delay, 1.0],
+    warming_up="constant")`` of the AutoMix and AdAutoMix CIFAR configs (Liu et al.,
+    ECCV 2022, arXiv 2103.13027; Qin et al., ICLR 2024, arXiv 2312.11954).
+    Without ``total_steps`` the momentum stays at ``start``.
 
-    The query, key and value projections are 1x1 convolutions on ``C + 1``
-    channels held as one linear map (``projection``: rows ``[query, key, value]``);
-    the λ channel is constant over positions, so its column is added to the
-    projected features instead of being concatenated to them (the same result, one matrix product).
+    Example:
+        >>> cosine_momentum(0, 1000), cosine_momentum(99, 1000), cosine_momentum(1000, 1000)
+        (0.999, 0.999, 0.999999)
+        >>> round(cosine_momentum(500, 1000), 7)
+        0.9994995
+    """
+    if total_steps is None or step < int(total_steps * delay):
+        return start
+    if step >= total_steps:
+        return end
+    return end - (end - start) * (math.cos(math.pi * step / total_steps) + 1.0) / 2.0
+
+
+# ------------------------------------------------------------------ the mask generators
+
+
+class _AttentionMaskBlock(nn.Module):
+    """Shared parts of the two Mix Blocks: 1x1 projections of each source's tokens, upsampling, normalising.
+
+    The query, key and value projections are 1x1 convolutions held as one linear
+    map (``projection``); with ``lam_concat`` each source's feature map gets its
+    label weight as one more constant channel, whose column is added to the
+    projected tokens instead of being concatenated to them (the same result).
+    Weights start at N(0, 0.01²) and biases at 0, as in the reference code.
+    """
+
+    def __init__(self, in_channels: int, reduction: int, lam_concat: bool, upsample: str, outputs_per_width: int):
+        super().__init__()
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.reduction = check_int("reduction", reduction, minimum=1)
+        if not isinstance(lam_concat, bool):
+            raise MixlabTypeError(f"lam_concat must be True or False; got {lam_concat!r}")
+        self.lam_concat = lam_concat
+        self.upsample = check_choice("upsample mode", upsample, UPSAMPLE_MODES)
+        self.width = max(self.in_channels // self.reduction, 1)
+        self.projection = nn.Linear(self.in_channels + int(lam_concat), outputs_per_width * self.width + 1)
+        with torch.no_grad():
+            nn.init.normal_(self.projection.weight, std=_INIT_STD)
+            nn.init.zeros_(self.projection.bias)
+
+    def forward(self, features: Tensor, sources: Tensor, weights: Tensor, size: Sequence[int]) -> Tensor:
+        """The weight of each source in each output, ``(N, K, *size)`` float32, summing to 1 over ``K``.
+
+        Args:
+            features: ``(N, C, *spatial)`` feature maps of the batch.
+            sources: ``(N, K)`` long, the batch rows mixed into each output.
+            weights: ``(N, K)`` their label weights (fed to the block only with ``lam_concat``).
+            size: the input's spatial size, to upsample to.
+        """
+        # Float32 whatever the autocast state: the softmax overflows in half precision.
+        with torch.autocast(features.device.type, enabled=False):
+            n, k = sources.shape
+            logits = self._logits(self._project(features, sources, weights)).view(n, k, *features.shape[2:])
+            if self.upsample == "nearest":  # the softmax commutes with copying: normalise the small map
+                return F.interpolate(logits.softmax(dim=1), size=tuple(size), mode="nearest")
+            mode = _LINEAR_MODES[len(size)]
+            return F.interpolate(logits, size=tuple(size), mode=mode, align_corners=False).softmax(dim=1)
+
+    def _project(self, features: Tensor, sources: Tensor, weights: Tensor) -> Tensor:
+        """``(N, K, L, P)``: the projected tokens of each output's sources."""
+        n, k = sources.shape
+        tokens = features.float().flatten(2).transpose(1, 2)  # (N, L, C)
+        weight, bias = self.projection.weight, self.projection.bias
+        projected = torch.matmul(tokens, weight[:, : self.in_channels].t()) + bias  # (N, L, P), once per sample
+        gathered = projected.index_select(0, sources.flatten()).view(n, k, *projected.shape[1:])
+        if self.lam_concat:
+            gathered = gathered + weights.float().view(n, k, 1, 1) * weight[:, -1]
+        return gathered
+
+    def _logits(self, projected: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class MixBlock(_AttentionMaskBlock):
+    """AutoMix's Mix Block: the partner's evidence gathered by cross-attention, through a sigmoid.
+
+    For each position ``p`` of a sample, a query (from the sample) attends over
+    the partner's positions with keys from the same projection (the query and
+    key projections are shared), ``softmax(q_p k^T / sqrt(d))``, and gathers the
+    partner's one-channel value: ``z_p``. The partner's weight is ``sigmoid(z)``,
+    upsampled to the input, the sample's own ``1 - sigmoid(z)``. OpenMixup's
+    ``PixelMixBlock`` with ``use_scale=True``, no value network and no ``x``
+    concatenation; Liu et al., ECCV 2022, arXiv 2103.13027, Sec. 3.2.
 
     Args:
         in_channels: channels ``C`` of the feature map.
         reduction: the attention width is ``max(C // reduction, 1)``.
-        symmetric: score both sources (AdAutoMix) instead of the partner only (AutoMix).
-        upsample: ``"nearest"`` or ``"linear"`` (linear, bilinear or trilinear by the number of spatial dims).
+        lam_concat: append λ (own) and ``1 - λ`` (partner) as a channel (the ImageNet configs;
+            the CIFAR configs do not, which is the default).
+        upsample: ``"nearest"`` (the CIFAR config's) or ``"linear"`` (linear, bilinear or
+            trilinear by the number of spatial dims).
 
     Example:
         >>> block = MixBlock(8)
         >>> features = torch.randn(4, 8, 3, 3)
-        >>> mask = block(features, torch.tensor([1, 0, 3, 2]), torch.full((4,), 0.3), (12, 12))
-        >>> mask.shape, bool(((mask > 0) & (mask < 1)).all())
-        (torch.Size([4, 1, 12, 12]), True)
+        >>> sources = torch.tensor([[0, 1], [1, 0], [2, 3], [3, 2]])
+        >>> mask = block(features, sources, torch.tensor([[0.3, 0.7]]).expand(4, 2), (12, 12))
+        >>> mask.shape, bool(torch.allclose(mask.sum(1), torch.ones(4, 12, 12)))
+        (torch.Size([4, 2, 12, 12]), True)
     """
 
-    def __init__(self, in_channels: int, reduction: int = 2, *, symmetric: bool = False, upsample: str = "nearest"):
-        super().__init__()
-        self.in_channels = check_int("in_channels", in_channels, minimum=1)
-        self.reduction = check_int("reduction", reduction, minimum=1)
-        self.symmetric = bool(symmetric)
-        self.upsample = check_choice("upsample mode", upsample, UPSAMPLE_MODES)
-        self.width = max(self.in_channels // self.reduction, 1)
-        outputs = self.width * (2 if self.symmetric else 1) + 1
-        self.projection = nn.Linear(self.in_channels + 1, outputs)
-        with torch.no_grad():
-            nn.init.normal_(self.projection.weight, std=0.01)
-            nn.init.zeros_(self.projection.bias)
-            # A mixup start: the λ channel's value weight makes the first masks sigmoid(6 (λ - 1/2)) ≈ λ everywhere.
-            self.projection.weight[-1, -1] = LAM_SLOPE / 2 if self.symmetric else LAM_SLOPE
-            self.projection.bias[-1] = 0.0 if self.symmetric else -LAM_SLOPE / 2
+    def __init__(self, in_channels: int, reduction: int = 2, *, lam_concat: bool = False, upsample: str = "nearest"):
+        super().__init__(in_channels, reduction, lam_concat, upsample, outputs_per_width=1)
 
-    def forward(self, features: Tensor, perm: Tensor, lam: Tensor, size: Sequence[int]) -> Tensor:
-        """The weight of each sample in its mix, ``(N, 1, *size)`` float32 in (0, 1), differentiable.
-
-        Args:
-            features: ``(N, C, *spatial)`` feature maps of the samples.
-            perm: ``(N,)`` partner indices.
-            lam: ``(N,)`` mixing ratios (the weight of each sample in its label).
-            size: the input's spatial size, to upsample to.
-        """
-        # Float32 whatever the autocast state: the softmax and sigmoid overflow in half precision.
-        with torch.autocast(features.device.type, enabled=False):
-            n = features.shape[0]
-            tokens = features.float().flatten(2).transpose(1, 2)  # (N, L, C)
-            weight, bias = self.projection.weight, self.projection.bias
-            projected = torch.matmul(tokens, weight[:, :-1].t())  # (N, L, P)
-            ratio = lam.to(tokens.device, torch.float32).view(n, 1, 1)
-            lam_column = weight[:, -1]
-            own = projected + (ratio * lam_column + bias)
-            partner = projected.index_select(0, perm) + ((1.0 - ratio) * lam_column + bias)
-            logit = self._evidence(own, partner)  # for taking the partner
-            if self.symmetric:
-                logit = logit - self._evidence(partner, own)
-            logit = logit.view(n, 1, *features.shape[2:])
-            if self.upsample == "nearest":  # the sigmoid commutes with copying: apply it on the small map
-                return F.interpolate(torch.sigmoid(-logit), size=tuple(size), mode="nearest")
-            logit = F.interpolate(logit, size=tuple(size), mode=_LINEAR_MODES[len(size)])
-            return torch.sigmoid(-logit)
-
-    def _evidence(self, queries: Tensor, keys: Tensor) -> Tensor:
-        """``softmax(q k^T / sqrt(d)) v`` from projected tokens: ``(N, L)``, in the queries' positions."""
+    def _logits(self, projected: Tensor) -> Tensor:
+        if projected.shape[1] != 2:
+            raise MixlabValueError(f"AutoMix's Mix Block mixes two sources; got {projected.shape[1]}")
         d = self.width
-        query = queries[..., :d] * d**-0.5
-        key = keys[..., d : 2 * d] if self.symmetric else keys[..., :d]
-        value = keys[..., -1:]
-        attention = torch.bmm(query, key.transpose(1, 2)).softmax(dim=-1)
-        return torch.bmm(attention, value).squeeze(2)
+        query = projected[:, 0, :, :d] * d**-0.5
+        key, value = projected[:, 1, :, :d], projected[:, 1, :, d:]
+        partner = torch.bmm(torch.bmm(query, key.transpose(1, 2)).softmax(dim=-1), value).squeeze(2)
+        # sigmoid(z) for the partner is softmax([0, z]) over the two sources.
+        return torch.stack((torch.zeros_like(partner), partner), dim=1)
 
 
-class _ReverseGradient(torch.autograd.Function):
-    """Identity forward; the backward multiplies the gradient by ``-scale``."""
+class AdaptiveMixBlock(_AttentionMaskBlock):
+    """AdAutoMix's generator: one attention map per source against all the others, a softmax over sources.
 
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * -ctx.scale, None
-
-
-def reverse_gradient(x: Tensor, scale: float = 1.0) -> Tensor:
-    """Return ``x`` unchanged, but send back ``-scale`` times the gradient (a gradient-reversal layer).
-
-    What is upstream of ``x`` then ascends the loss that the layers after it
-    descend: one backward trains both sides of a min-max game. Ganin and
-    Lempitsky, ICML 2015, arXiv 1409.7495.
+    For source ``i`` of an output (``K`` sources), queries ``q_i`` attend over
+    positions with the summed scores of the other sources' keys,
+    ``softmax(q_i (sum_{j != i} k_j)^T / sqrt(d))``, and gather source ``i``'s own
+    one-channel value: the logit ``z_i``. The logits are upsampled to the input
+    and normalised by a softmax over the ``K`` sources. Separate query, key and
+    value projections. The reference's ``AdaptiveMask`` (``co_mix``, and
+    ``normal_mix`` for two sources, which is the same formula); Qin et al., ICLR
+    2024, arXiv 2312.11954, Sec. 3.
 
     Args:
-        x: any tensor.
-        scale: the factor of the reversed gradient (>= 0).
+        in_channels: channels ``C`` of the feature map.
+        reduction: the attention width is ``max(C // reduction, 1)``.
+        lam_concat: append each source's label weight as a channel (the CIFAR config does not: the default).
+        upsample: ``"linear"`` (bilinear for images, the CIFAR config's) or ``"nearest"``.
 
     Example:
-        >>> w = torch.tensor(2.0, requires_grad=True)
-        >>> (3.0 * reverse_gradient(w, 0.5)).backward()
-        >>> w.grad
-        tensor(-1.5000)
+        >>> block = AdaptiveMixBlock(8)
+        >>> sources = torch.tensor([[0, 1, 2], [1, 2, 0], [2, 0, 1]])
+        >>> mask = block(torch.randn(3, 8, 4, 4), sources, torch.full((3, 3), 1 / 3), (16, 16))
+        >>> mask.shape, bool(torch.allclose(mask.sum(1), torch.ones(3, 16, 16)))
+        (torch.Size([3, 3, 16, 16]), True)
     """
-    return _ReverseGradient.apply(x, check_non_negative("scale", scale))
+
+    def __init__(self, in_channels: int, reduction: int = 2, *, lam_concat: bool = False, upsample: str = "linear"):
+        super().__init__(in_channels, reduction, lam_concat, upsample, outputs_per_width=2)
+
+    def _logits(self, projected: Tensor) -> Tensor:
+        n, k, length, _ = projected.shape
+        d = self.width
+        query = projected[..., :d] * d**-0.5
+        key, value = projected[..., d : 2 * d], projected[..., 2 * d :]
+        others = key.sum(dim=1, keepdim=True) - key  # sum_{j != i} k_j: one product per source, not K - 1
+        scores = torch.matmul(query, others.transpose(-1, -2)).softmax(dim=-1)  # (N, K, L, L)
+        return torch.matmul(scores, value).view(n, k, length)
+
+
+# ------------------------------------------------------------------ the mixers
 
 
 @dataclass
 class _Generated:
     """What a learned mixer keeps in ``MixedBatch.aux`` for its ``loss_terms``."""
 
-    mixed: Tensor  # the mixed inputs, differentiable with respect to the Mix Block
-    mask: Tensor  # (N, 1, *spatial) float32 weight of each sample, differentiable
-    lam: Tensor  # (N,) λ
-    perm: Tensor
-    ema_model: nn.Module
-    teacher_clean: Tensor | None = None  # AdAutoMix: the EMA's compared output on the clean batch
-    clean_target: MixedBatch | None = None  # AdAutoMix: the clean batch, for the classifier's clean loss
-    clean_logits: Tensor | None = None  # AdAutoMix: filled by the batch's forward
-    adversarial: bool = False  # AdAutoMix: whether the generator plays against the classifier on this batch
+    mixed: Tensor  # the generator's sample, differentiable with respect to the Mix Block
+    mask: Tensor  # (N, K, *spatial) float32 weight of each source in it, differentiable
+    y: Tensor  # the un-mixed targets
+    sources: Tensor  # (N, K) of the generator's sample
+    weights: Tensor  # (N, K) its label weights
+    teacher_clean: Tensor | None = None  # AdAutoMix: the momentum encoder's compared output on the clean batch
+    clean_target: MixedBatch | None = None  # the clean batch, for the classifier's clean loss
+    clean_logits: Tensor | None = None  # filled by the batch's forward
+    linear_target: MixedBatch | None = None  # AdAutoMix (K > 2): the linear mix of the classifier's sources
+    linear_logits: Tensor | None = None  # the classifier on it, filled likewise
+    adversarial: bool = False  # AdAutoMix: whether the generator plays against the teacher on this batch
+
+    def target(self, rows: int) -> MixedBatch:
+        """The labels of the generator's first ``rows`` samples."""
+        return MixedBatch.from_sources(self.mixed[:rows], self.y, self.sources[:rows], self.weights[:rows])
 
 
 class _LearnedMaskMixer(Mixer):
-    """Shared machinery of AutoMix and AdAutoMix: the layer, the Mix Block, the context and the hooks."""
+    """Shared machinery of AutoMix and AdAutoMix: draws, the momentum encoder, the Mix Block, the hooks."""
 
     spatial = True
     requires = frozenset({"model"})
-    symmetric_block: ClassVar[bool] = False
+    num_sources: int = 2
 
     def __init__(
         self,
@@ -206,13 +265,17 @@ class _LearnedMaskMixer(Mixer):
         model: nn.Module | None = None,
         in_channels: int | None = None,
         reduction: int = 2,
-        momentum: float = 0.999,
+        lam_concat: bool = False,
         upsample: str = "nearest",
+        momentum: float = 0.999,
+        end_momentum: float = 0.999999,
+        momentum_delay: float = 0.1,
+        lam_margin: float = 0.0,
+        separate_draws: bool = True,
+        clean_weight: float = 1.0,
         lr_scale: float = 1.0,
         weight_decay: float | None = None,
-        mask_weight: float = 0.0,
-        mask_margin: float = 0.1,
-        teacher_fraction: float = 0.25,
+        teacher_fraction: float = 1.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -224,23 +287,38 @@ class _LearnedMaskMixer(Mixer):
             raise MixlabTypeError(f"{self.name}: model must be an nn.Module; got {type(model).__name__}")
         if layer is not None and not isinstance(layer, str):
             raise MixlabTypeError(f"{self.name}: layer must be a module name (str) or None; got {layer!r}")
-        if layer == INPUT:
-            raise MixlabValueError(f"{self.name} reads a hidden feature map; layer must be a module, not {INPUT!r}")
+        if layer in (INPUT, OUTPUT):
+            raise MixlabValueError(f"{self.name} reads a hidden feature map; layer must be a module, not {layer!r}")
+        for flag, value in (("lam_concat", lam_concat), ("separate_draws", separate_draws)):
+            if not isinstance(value, bool):
+                raise MixlabTypeError(f"{flag} must be True or False; got {value!r}")
         self.layer: str | None = layer
         self.in_channels = None if in_channels is None else check_int("in_channels", in_channels, minimum=1)
         self.reduction = check_int("reduction", reduction, minimum=1)
+        self.lam_concat = lam_concat
         self.upsample = check_choice("upsample mode", upsample, UPSAMPLE_MODES)
         self.momentum = check_non_negative("momentum", momentum)
         if self.momentum >= 1.0:
             raise MixlabValueError(f"momentum must be in [0, 1); got {momentum!r}")
+        self.end_momentum = check_probability("end_momentum", end_momentum)
+        if self.end_momentum < self.momentum:
+            raise MixlabValueError(f"end_momentum must be in [momentum={self.momentum}, 1]; got {end_momentum!r}")
+        self.momentum_delay = check_probability("momentum_delay", momentum_delay)
+        self.total_steps: int | None = None  # told by start_training()
+        self.lam_margin = check_probability("lam_margin", lam_margin)
+        if self.lam_margin >= 0.5:
+            raise MixlabValueError(f"lam_margin must be in [0, 0.5) (else no sample is ever masked); got {lam_margin}")
+        self.separate_draws = separate_draws
+        self.clean_weight = check_non_negative("clean_weight", clean_weight)
         self.lr_scale = check_positive("lr_scale", lr_scale)
         self.weight_decay = None if weight_decay is None else check_non_negative("weight_decay", weight_decay)
-        self.mask_weight = check_non_negative("mask_weight", mask_weight)
-        self.mask_margin = check_probability("mask_margin", mask_margin)
         self.teacher_fraction = check_probability("teacher_fraction", teacher_fraction)
         if self.teacher_fraction == 0.0:
             raise MixlabValueError("teacher_fraction must be in (0, 1]; got 0.0")
-        self.mix_block: MixBlock | None = None
+        self.mix_block: _AttentionMaskBlock | None = None
+        self.encoder: nn.Module | None = None  # the momentum encoder, an EMA copy of the model
+        self.steps = 0
+        self._online: nn.Module | None = None
         self._model = model
 
     def _finish_init(self) -> None:
@@ -251,16 +329,18 @@ class _LearnedMaskMixer(Mixer):
         elif self.layer is not None and self.in_channels is not None:
             self.mix_block = self._new_block(self.in_channels)
 
-    # ------------------------------------------------------------ the model
+    # ------------------------------------------------------------ the model and the momentum encoder
 
     def bind_model(self, model: nn.Module) -> None:
-        """Check the layer names against ``model``, take the defaults it implies and build the Mix Block.
+        """Check the layer names against ``model``, take the defaults it implies, build the Mix Block and the encoder.
 
         The default layer is the second-to-last of ``model.stages`` (``block2`` for
-        cnn_small, ``layer3`` for preact_resnet18); the channels are read from the
-        layer's last convolution, normalisation or linear module unless
-        ``in_channels`` was given. Called with ``model=`` and by
-        :class:`~mixlab.methods.context.MixContext`; a Mix Block already built is kept.
+        cnn_small, ``layer3`` for preact_resnet18: the reference's ``out_indices=(2, 3)``
+        feature for the Mix Block); the channels are read from the layer's last
+        convolution, normalisation or linear module unless ``in_channels`` was given.
+        The momentum encoder starts as a copy of ``model``. Called with ``model=``
+        and by :class:`~mixlab.methods.context.MixContext`; a Mix Block already built
+        is kept, and so is the encoder while the model is the same.
 
         Args:
             model: the model (or its DDP wrapper).
@@ -282,6 +362,7 @@ class _LearnedMaskMixer(Mixer):
                 )
             self.layer = stages[-2] if len(stages) >= 2 else stages[0]
         find_modules(module, self._feature_layers(), what=f"feature layer for {self.name}")
+        parameter = next(module.parameters(), None)
         if self.mix_block is None:
             channels = self.in_channels if self.in_channels is not None else _output_channels(module, self.layer)
             if channels is None:
@@ -290,75 +371,151 @@ class _LearnedMaskMixer(Mixer):
                 )
             self.in_channels = channels
             self.mix_block = self._new_block(channels)
-            parameter = next(module.parameters(), None)
             if parameter is not None:
                 self.mix_block.to(parameter.device)
+        if self._online is not module:
+            self._online, self.encoder = module, make_ema(module)
 
-    def _new_block(self, channels: int) -> MixBlock:
-        return MixBlock(channels, self.reduction, symmetric=self.symmetric_block, upsample=self.upsample)
-
-    def _block(self) -> MixBlock:
-        if self.mix_block is None:
-            raise MixlabValueError(
-                f"{self.name} does not know its model yet: build it with model=, or create "
-                "MixContext(mixer, model) (mixlab.methods.context) before the optimiser, which binds it"
-            )
-        return self.mix_block
-
-    # ------------------------------------------------------------ mixing
-
-    @property
-    def needs(self) -> MixerNeeds:
-        """The layer's features from the EMA copy of the model, and the EMA copy itself."""
-        return MixerNeeds(features=self._feature_layers(), features_from="ema", ema=True, ema_momentum=self.momentum)
+    def _new_block(self, channels: int) -> _AttentionMaskBlock:
+        return MixBlock(channels, self.reduction, lam_concat=self.lam_concat, upsample=self.upsample)
 
     def _feature_layers(self) -> tuple[str, ...]:
         return () if self.layer is None else (self.layer,)
 
-    def _check_context(self, context: dict[str, Any]) -> None:
-        self._block()
-        features = context.get(FEATURES) or {}
-        missing = [name for name in self._feature_layers() if name not in features]
-        if missing or context.get(EMA_MODEL) is None:
-            what = f"the EMA model's outputs of {missing}" if missing else "the EMA model"
+    def _require_bound(self) -> tuple[_AttentionMaskBlock, nn.Module]:
+        if self.mix_block is None or self.encoder is None:
             raise MixlabValueError(
-                f"{self.name} needs {what} in its context; build it with context = MixContext(mixer, model) "
-                "and pass context=context(x, y) at each step (from mixlab.methods.context import MixContext)"
+                f"{self.name} does not know its model yet: build it with model=, or create "
+                "MixContext(mixer, model) (mixlab.methods.context) before the optimiser, which binds it"
             )
+        return self.mix_block, self.encoder
+
+    def start_training(self, total_steps: int) -> None:
+        """Take the number of optimiser steps of the run, for the momentum's cosine schedule (the loop calls it).
+
+        Example:
+            >>> mixer = AutoMix()
+            >>> mixer.start_training(1000)
+            >>> mixer.steps = 500
+            >>> round(mixer.current_momentum, 7)
+            0.9994995
+        """
+        self.total_steps = check_int("total_steps", total_steps, minimum=1)
+
+    @property
+    def current_momentum(self) -> float:
+        """The momentum of the next encoder update (:func:`cosine_momentum` at the step count)."""
+        return cosine_momentum(self.steps, self.total_steps, self.momentum, self.end_momentum, self.momentum_delay)
+
+    @property
+    def needs(self) -> MixerNeeds:
+        """Only the model: the mixer keeps its own momentum encoder and computes its features itself."""
+        return MixerNeeds(model=True)
+
+    def _check_context(self, context: dict[str, Any]) -> None:
+        self._require_bound()
+
+    # ------------------------------------------------------------ draws
+
+    def _draw(
+        self, x: Tensor, y: Tensor, rng: np.random.Generator, alpha_scale: float, context: dict | None
+    ) -> MixParams:
+        """The classifier's sources and weights and, with ``separate_draws``, the generator's own."""
+        n = x.shape[0]
+        if self.lam_mode == "batch" and self.p < 1.0 and rng.random() >= self.p:
+            return unmixed_params(x)
+        sources, weights = self._draw_sources(x, y, rng, alpha_scale)
+        generator = None
+        if self.separate_draws:
+            generator_sources, generator_weights = self._draw_sources(x, y, rng, alpha_scale)
+            if self.num_sources > 2:  # the reference draws the ratios of three or more sources once for both
+                generator_weights = weights
+            generator = (generator_sources, generator_weights)
+        if self.lam_mode == "sample" and self.p < 1.0:  # samples left unmixed keep all their weight
+            kept = torch.from_numpy(rng.random(n) >= self.p).to(weights.device)
+            whole = torch.zeros_like(weights)
+            whole[:, 0] = 1.0
+            weights = torch.where(kept.unsqueeze(1), whole, weights)
+        return self._params(sources, weights, generator)
+
+    def _draw_sources(
+        self, x: Tensor, y: Tensor, rng: np.random.Generator, alpha_scale: float
+    ) -> tuple[Tensor, Tensor]:
+        """``(N, K)`` sources (the sample itself first, then ``K - 1`` partner draws) and label weights.
+
+        Two sources: ``[λ, 1 - λ]`` with λ from the mixer's sampler; more: ``K`` draws
+        from it normalised to sum to 1 (the reference's ``lam / lam.sum()``).
+        """
+        n, k = x.shape[0], self.num_sources
+        partners = [self.pairing.sample(y, rng) for _ in range(k - 1)]
+        sources = torch.stack([torch.arange(n), *partners], dim=1).to(x.device)
+        rows = 1 if self.lam_mode == "batch" else n
+        if k == 2:
+            lam = self.lam_sampler.sample(rows, rng, alpha_scale=alpha_scale)
+            ratios = np.stack([lam, 1.0 - lam], axis=1)
+        else:
+            draws = self.lam_sampler.sample(rows * k, rng, alpha_scale=alpha_scale).reshape(rows, k)
+            total = draws.sum(axis=1, keepdims=True)
+            ratios = np.where(total > 0, draws / np.where(total > 0, total, 1.0), 1.0 / k)
+        weights = torch.from_numpy(ratios.astype(np.float32)).to(x.device).expand(n, k)
+        return sources, weights
+
+    def _params(self, sources: Tensor, weights: Tensor, generator: tuple[Tensor, Tensor] | None) -> MixParams:
+        extra = {"sources": sources, "weights": weights, "generator": generator}
+        return MixParams(perm=sources[:, 1], lam=weights[:, 0].contiguous(), extra=extra)
 
     def _sample_params(
         self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
     ) -> MixParams:
-        # The mask is computed in apply(), deterministically from the features; only λ and perm are drawn.
-        params = MixParams(perm=perm, lam=ratios_to_device(lam, x.shape[0], x.device))
-        params.extra["whole"] = bool(np.any((lam <= 0.0) | (lam >= 1.0)))
-        return params
+        """Two sources from given partners and ratios (one draw for the classifier and the generator)."""
+        n = x.shape[0]
+        sources = torch.stack([torch.arange(n, device=x.device), perm.to(x.device)], dim=1)
+        lam_t = torch.from_numpy(np.broadcast_to(np.asarray(lam, dtype=np.float32), (n,)).copy()).to(x.device)
+        return self._params(sources, torch.stack([lam_t, 1.0 - lam_t], dim=1), None)
+
+    # ------------------------------------------------------------ mixing
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
-        """Generate the mask from the context's features and mix; the batch's ``aux`` keeps the generator's graph."""
+        """Generate the masks from the momentum encoder's features and mix; ``aux`` keeps the generator's graph."""
         if not params.mixed:
             return MixedBatch.unmixed(x, y)
-        context = context or {}
-        self._check_context(context)
-        features = self._layer_features(context, x)
-        lam, perm = params.lam, params.perm
-        mask = self._block()(features, perm, lam, x.shape[2:])
-        if params.extra.get("whole", True):  # λ of 1 or 0 (e.g. left unmixed by p < 1) keeps one sample whole
-            full = lam.view(-1, *([1] * (mask.ndim - 1)))
-            mask = torch.where(full >= 1.0, 1.0, torch.where(full <= 0.0, 0.0, mask))
-        weight = mask.to(x.dtype)
-        mixed = torch.lerp(x.index_select(0, perm), x, weight)
+        block, encoder = self._require_bound()
+        clean = self._encoder_outputs(encoder, x)
+        features = self._check_features(clean[self.layer], x, block)
+        sources, weights = params.extra["sources"], params.extra["weights"]
+        generator = params.extra.get("generator")
+        generator_sources, generator_weights = generator if generator is not None else (sources, weights)
+        generator_mask = block(features, generator_sources, generator_weights, x.shape[2:])
+        generated = _Generated(
+            _combine(x, generator_sources, generator_mask), generator_mask, y, generator_sources, generator_weights
+        )
+        if generator is None:
+            mask = generator_mask.detach()
+        else:
+            with torch.no_grad():
+                mask = block(features, sources, weights, x.shape[2:])
+        mask = self._margin(mask, weights)
+        inputs = _combine(x, sources, mask)
         if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            mixed = mixed.contiguous(memory_format=torch.channels_last)
-        generated = _Generated(mixed, mask, lam, perm, context[EMA_MODEL])
-        mb = MixedBatch(self._classifier_input(generated), y, y.index_select(0, perm), lam, perm, weight.detach())
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        mb = MixedBatch.from_sources(inputs, y, sources, weights, mask=mask[:, :1].to(x.dtype))
         mb.aux[AUX_KEY] = generated
-        self._complete(mb, generated, x, y, context)
+        self._complete(mb, generated, x, y, clean)
         return mb
 
-    def _layer_features(self, context: dict[str, Any], x: Tensor) -> Tensor:
-        block = self._block()
-        features = context[FEATURES][self.layer]
+    def _encoder_outputs(self, encoder: nn.Module, x: Tensor) -> dict[str, Tensor]:
+        """The momentum encoder on the clean batch, in train mode (its own batch statistics), without gradient."""
+        with torch.no_grad():
+            return forward_until(encoder, x, self._encoder_layers(), train=True)
+
+    def _encoder_layers(self) -> tuple[str, ...]:
+        return (self._layer(),)
+
+    def _layer(self) -> str:
+        assert self.layer is not None  # set by bind_model
+        return self.layer
+
+    def _check_features(self, features: Any, x: Tensor, block: _AttentionMaskBlock) -> Tensor:
         if not isinstance(features, Tensor) or features.ndim != x.ndim or features.shape[0] != x.shape[0]:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise MixlabValueError(
@@ -378,12 +535,22 @@ class _LearnedMaskMixer(Mixer):
             )
         return features
 
-    def _classifier_input(self, generated: _Generated) -> Tensor:
-        """What the online classifier sees: by default the mixed batch with the mask detached."""
-        return generated.mixed.detach()
+    def _margin(self, mask: Tensor, weights: Tensor) -> Tensor:
+        """Plain linear mixing (the mask = the label weights) where the first weight is within ``lam_margin`` of 0 or 1.
 
-    def _complete(self, mb: MixedBatch, generated: _Generated, x: Tensor, y: Tensor, context: dict) -> None:
-        """Method-specific additions to the batch (none here)."""
+        The reference's ``lam_margin`` for the classifier's sample; with a margin of 0
+        it keeps the samples whose weight is exactly 1 (left unmixed) whole.
+        """
+        first = weights[:, 0]
+        linear = (first <= self.lam_margin) | (first >= 1.0 - self.lam_margin)
+        shape = (mask.shape[0], mask.shape[1]) + (1,) * (mask.ndim - 2)
+        return torch.where(linear.view(-1, *([1] * (mask.ndim - 1))), weights.view(shape).to(mask.dtype), mask)
+
+    def _complete(self, mb: MixedBatch, generated: _Generated, x: Tensor, y: Tensor, clean: dict) -> None:
+        """The classifier's clean batch in the same forward (when ``clean_weight > 0``)."""
+        if self.clean_weight > 0:
+            generated.clean_target = MixedBatch.unmixed(x, y)
+            mb.forward_fn = _WithClean(x, generated)
 
     # ------------------------------------------------------------ losses
 
@@ -391,23 +558,24 @@ class _LearnedMaskMixer(Mixer):
         generated = None if mb is None else mb.aux.get(AUX_KEY)
         return generated if isinstance(generated, _Generated) else None
 
-    def _mask_loss(self, generated: _Generated) -> Tensor:
-        """``w * mean(max(|mean(mask_i) - λ_i| - margin, 0))``: the mask keeps about λ of each sample."""
-        kept = generated.mask.flatten(1).mean(dim=1)
-        return self.mask_weight * F.relu((kept - generated.lam).abs() - self.mask_margin).mean()
-
     def _teacher_rows(self, n: int) -> int:
-        """How many samples (the first ones) the EMA teacher scores: ``teacher_fraction`` of ``n``, at least 2."""
+        """How many samples (the first ones) the momentum encoder scores: ``teacher_fraction`` of ``n``, at least 2."""
         return min(n, max(2, math.ceil(self.teacher_fraction * n)))
 
-    def _teacher_loss(self, generated: _Generated, mb: MixedBatch) -> Tensor:
-        """The EMA teacher's mixed cross-entropy on (the first rows of) the mixed batch.
+    def _teacher(self, generated: _Generated, layers: Sequence[str]) -> tuple[dict[str, Tensor], MixedBatch]:
+        """The momentum encoder (train mode) on the generator's first rows, with gradient to the Mix Block."""
+        target = generated.target(self._teacher_rows(generated.mixed.shape[0]))
+        return forward_until(self._require_bound()[1], target.inputs, layers, train=True), target
 
-        Gradient reaches the Mix Block through the mixed inputs, never the EMA's weights (frozen).
-        """
-        rows = self._teacher_rows(mb.batch_size)
-        part = MixedBatch(generated.mixed[:rows], mb.target_a[:rows], mb.target_b[:rows], mb.lam[:rows], mb.perm[:rows])
-        return mixed_cross_entropy(_module_output(generated.ema_model, None, part.inputs), part)
+    def _clean_terms(self, generated: _Generated) -> dict[str, Tensor]:
+        if self.clean_weight == 0:
+            return {}
+        if generated.clean_logits is None or generated.clean_target is None:
+            raise MixlabValueError(
+                f"{self.name}: run the model with mb.forward(model) (it also scores the clean batch); "
+                "or build the mixer with clean_weight=0"
+            )
+        return {"clean": self.clean_weight * mixed_cross_entropy(generated.clean_logits, generated.clean_target)}
 
     # ------------------------------------------------------------ engine hooks
 
@@ -425,35 +593,67 @@ class _LearnedMaskMixer(Mixer):
             group["weight_decay"] = self.weight_decay
         return [group]
 
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Move the momentum encoder's weights towards the model's (its buffers stay its own), count the step."""
+        if self.encoder is not None and self._online is not None:
+            ema = list(self.encoder.parameters())
+            if ema:
+                online = [p.detach() for p in self._online.parameters()]
+                torch._foreach_lerp_(ema, online, 1.0 - self.current_momentum)
+        self.steps += 1
+
     def to(self, device: torch.device | str) -> _LearnedMaskMixer:
-        """Move the Mix Block to ``device``; returns the mixer."""
-        if self.mix_block is not None:
-            self.mix_block.to(device)
+        """Move the Mix Block and the momentum encoder to ``device``; returns the mixer."""
+        for module in (self.mix_block, self.encoder):
+            if module is not None:
+                module.to(device)
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """The Mix Block's weights (nothing before the model is known)."""
-        if self.mix_block is None:
-            return {}
-        return {"mix_block": {key: value.detach().clone() for key, value in self.mix_block.state_dict().items()}}
+        """The step count, and the Mix Block's and the momentum encoder's weights (once the model is known)."""
+        state: dict[str, Any] = {"steps": self.steps}
+        for key, module in (("mix_block", self.mix_block), ("encoder", self.encoder)):
+            if module is not None:
+                state[key] = {name: value.detach().clone() for name, value in module.state_dict().items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output."""
-        unknown = sorted(set(state) - {"mix_block"})
+        unknown = sorted(set(state) - {"steps", "mix_block", "encoder"})
         if unknown:
-            raise MixlabValueError(f"{self.name} state has unknown keys {unknown}; expected 'mix_block'")
-        if "mix_block" in state:
-            self._block().load_state_dict(state["mix_block"])
+            raise MixlabValueError(f"{self.name} state has unknown keys {unknown}; expected steps, mix_block, encoder")
+        if "steps" not in state:
+            raise MixlabValueError(f"{self.name} state lacks 'steps' (the step count); got {sorted(state)}")
+        if "mix_block" in state or "encoder" in state:
+            block, encoder = self._require_bound()
+            missing = [key for key in ("mix_block", "encoder") if key not in state]
+            if missing:
+                raise MixlabValueError(f"{self.name} state lacks {missing}; got {sorted(state)}")
+            block.load_state_dict(state["mix_block"])
+            encoder.load_state_dict(state["encoder"])
         elif self.mix_block is not None:
             raise MixlabValueError(
-                f"{self.name} state lacks 'mix_block' (the Mix Block's weights); got {sorted(state)}"
+                f"{self.name} state lacks 'mix_block' and 'encoder' (the learned weights); got {sorted(state)}"
             )
+        self.steps = check_int("steps", int(state["steps"]))
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(layer={self.layer!r}, lam={self.lam_sampler!r}, lam_mode={self.lam_mode!r}, "
-            f"p={self.p}, momentum={self.momentum})"
+            f"p={self.p}, momentum={self.momentum}->{self.end_momentum})"
         )
+
+
+def _combine(x: Tensor, sources: Tensor, mask: Tensor) -> Tensor:
+    """``sum_k mask[:, k] * x[sources[:, k]]``; for two sources one exact lerp (whole where the mask is 0 or 1)."""
+    weight = mask.to(x.dtype)
+    if sources.shape[1] == 2:
+        return torch.lerp(x.index_select(0, sources[:, 1]), x.index_select(0, sources[:, 0]), weight[:, :1])
+    mixed = weight[:, :1] * x.index_select(0, sources[:, 0])
+    for k in range(1, sources.shape[1]):  # over the few sources, not the samples
+        mixed = mixed + weight[:, k : k + 1] * x.index_select(0, sources[:, k])
+    return mixed
 
 
 def _output_channels(model: nn.Module, layer: str) -> int | None:
@@ -468,58 +668,72 @@ def _output_channels(model: nn.Module, layer: str) -> int | None:
 
 
 class AutoMix(_LearnedMaskMixer):
-    """AutoMix: a Mix Block learns the mask from EMA features and λ, trained through the EMA classifier.
+    """AutoMix: a Mix Block learns the mask from a momentum encoder's features, trained through that encoder.
 
-    At each step the Mix Block (see :class:`MixBlock`, λ concatenated as a
-    channel, query and key projections shared) turns the EMA copy's feature
-    maps at ``layer`` of each sample and its partner into a mask, upsampled
-    (nearest) to the input; ``inputs = mask * x + (1 - mask) * x[perm]``.
+    Each step draws two λ ~ Beta(α, α) and two partner permutations, one pair for
+    the Mix Block and one for the classifier (the reference's ``lam[0]``/``index_mb``
+    and ``lam[1]``/``index_bb``). The momentum encoder (an EMA of the classifier
+    owned by the mixer, run in train mode with its own BatchNorm statistics) gives
+    the feature maps at ``layer``; the :class:`MixBlock` turns them into a mask per
+    pair, upsampled to the input.
 
-    - The online classifier is trained on ``inputs`` with the mask detached,
-      with the label weight ``lam = λ`` (the drawn ratio, not the mask mean:
-      ``mb.mask`` is the mask, and its mean is kept near λ by the mask loss).
-    - :meth:`loss_terms` returns ``"mix_block"``: the EMA ("momentum") classifier's
-      mixed cross-entropy on the same mixed batch (its first ``teacher_fraction``),
-      differentiable with respect to the Mix Block (the EMA's weights are frozen),
-      times ``generator_weight``; and ``"mask"``:
-      ``mask_weight * mean(max(|mean(mask) - λ| - mask_margin, 0))``.
+    - The classifier's batch (:meth:`__call__`'s result): ``inputs = m * x + (1 - m) * x[perm]``
+      with the classifier's mask detached, ``lam`` its λ (the label weight); where
+      ``λ <= lam_margin`` or ``λ >= 1 - lam_margin`` the mask is λ (plain mixup).
+      ``mb.forward(model)`` also runs the clean batch, for the ``"clean"`` term.
+    - :meth:`loss_terms`: ``"mix_block"``, the momentum encoder's mixed cross-entropy
+      on the Mix Block's own sample (differentiable with respect to the Mix Block),
+      times ``generator_weight``; ``"mask"``: ``mask_weight * max(|mean(m) - λ| - mask_margin, 0)``
+      with the mean over the whole batch (``mask_loss="batch"``); ``"clean"``:
+      ``clean_weight *`` the classifier's cross-entropy on the clean batch.
 
-    So one backward trains both. The EMA copy (momentum ``momentum``) is kept
-    by :class:`~mixlab.methods.context.MixContext` and also supplies the
-    features; run each step with ``context=MixContext(mixer, model)(x, y)``.
-    Cost: the context's EMA pass up to ``layer`` (no gradient), the Mix Block, and
-    the EMA classifier's forward and input-backward on ``teacher_fraction`` of the batch.
+    One backward trains both; :meth:`after_step` moves the encoder's weights
+    towards the model with a momentum raised from ``momentum`` to ``end_momentum``
+    along :func:`cosine_momentum` over the run's length, which the training loop
+    gives :meth:`start_training` (never told, the momentum stays at ``momentum``). Run each step with
+    ``context=MixContext(mixer, model)(x, y)`` (or build the mixer with ``model=``).
     Liu, Li, Wu, Liu, Chen, Wu and Li, "AutoMix: Unveiling the Power of Mixup for
     Stronger Classifiers", ECCV 2022, arXiv 2103.13027.
 
-    Deviations: the EMA classifier scores only the first quarter of the mixed
-    batch by default (``teacher_fraction=0.25``; the paper scores all of it,
-    ``teacher_fraction=1``): the Mix Block's small gradient needs few samples and
-    the EMA's forward and backward are most of the method's cost. The paper raises
-    the momentum from 0.999 towards 1 along a cosine over training; here it is
-    constant (the context's EMA has one momentum). The EMA classifier runs in eval
-    mode (BatchNorm running statistics), as the context takes its features. The Mix Block starts as mixup
-    (masks ≈ λ, see :class:`MixBlock`) rather than at 0.5. One λ and one partner per
-    step serve both the classifier and the Mix Block (the reference implementation
-    draws two). The online classifier gets no extra clean (one-hot) loss.
+    The defaults are the authors' CIFAR configuration (OpenMixup
+    ``configs/classification/cifar100/automix/basic/r18_l2_a2_near_L1_01_mlr5e_2.py``):
+    α = 2, the feature map of the third stage, reduction 2, no λ channel,
+    nearest upsampling, momentum 0.999 → 0.999999 (held for the first 10 %), mask
+    loss 0.1 with margin 0.1 (L1, batch mean), ``lam_margin`` 0.08, the teacher
+    on the whole batch, loss weights 1, the Mix Block at the run's learning rate and weight decay.
+
+    Deviations: the reference's classifier has separate heads for the mixed and
+    the clean loss (``head_mix_q``, ``head_one_q``) and its momentum encoder a
+    copy of each; a mixlab model has one head, which takes both losses. The
+    clean batch goes through the classifier in the same forward as the mixed one
+    (BatchNorm statistics over both; the reference runs two forwards).
 
     Args:
-        layer: the module whose (EMA) feature map drives the Mix Block; default the
+        layer: the module whose feature map drives the Mix Block; default the
             second-to-last of ``model.stages`` (``block2`` for cnn_small, ``layer3`` for preact_resnet18).
-        model: the model, to check ``layer``, pick its default and read its channels; without it
-            :class:`~mixlab.methods.context.MixContext` does so (:meth:`bind_model`), which must
-            then happen before the optimiser is built.
+        model: the model, to check ``layer``, pick its default, read its channels and copy the
+            momentum encoder from; without it :class:`~mixlab.methods.context.MixContext` does so
+            (:meth:`bind_model`), which must then happen before the optimiser is built.
         in_channels: the layer's output channels (read from ``model`` when not given).
         reduction: attention width ``C // reduction`` (default 2).
-        momentum: the EMA's momentum in [0, 1) (default 0.999).
-        upsample: ``"nearest"`` (the paper's) or ``"linear"``.
-        lr_scale: the Mix Block's learning rate over the run's (default 1: the paper trains both at the same rate).
-        weight_decay: the Mix Block's weight decay (default: the run's).
-        generator_weight: weight of the EMA classifier's mixed loss (> 0, default 1).
+        lam_concat: feed λ to the Mix Block as a channel (default False, the CIFAR config; True in the ImageNet ones).
+        upsample: ``"nearest"`` (default) or ``"linear"``.
+        momentum: the encoder's starting momentum in [0, 1) (default 0.999).
+        end_momentum: its final momentum in [momentum, 1] (default 0.999999); equal to ``momentum``: constant.
+        momentum_delay: the share of the run at ``momentum`` before the cosine (default 0.1).
+        lam_margin: λ within this of 0 or 1 gives the classifier plain mixup, in [0, 0.5) (default 0.08).
+        separate_draws: a λ and partners for the Mix Block apart from the classifier's (default True);
+            False: one draw, the classifier trains on the Mix Block's sample (detached).
+        clean_weight: weight of the classifier's clean cross-entropy (default 1; 0 skips the clean forward).
+        generator_weight: weight of the encoder's mixed loss (> 0, default 1).
         mask_weight: weight of the mask loss (default 0.1).
         mask_margin: the tolerated ``|mean(mask) - λ|`` (default 0.1).
-        teacher_fraction: the share of the batch the EMA classifier scores, in (0, 1] (default 0.25).
-        **kwargs: the base mixer's (``alpha`` default 2 as in the paper, ``lam_mode``, ``p``, ...).
+        mask_loss: ``"batch"`` (the mean over the batch, the reference's) or ``"sample"`` (per sample, then averaged).
+        lr_scale: the Mix Block's learning rate over the run's (default 1).
+        weight_decay: the Mix Block's weight decay (default: the run's).
+        teacher_fraction: the share of the Mix Block's sample the encoder scores, in (0, 1] (default 1;
+            less is cheaper, with BatchNorm statistics over fewer samples).
+        **kwargs: the base mixer's (``alpha`` default 2, ``lam_mode``, ``p``, ``pairing``, ...).
 
     Example:
         >>> from mixlab.models import create_model
@@ -528,13 +742,12 @@ class AutoMix(_LearnedMaskMixer):
         >>> mixer = AutoMix(model=net)
         >>> x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 0])
         >>> mb = mixer(x, y, torch.Generator().manual_seed(0), context=MixContext(mixer, net)(x, y))
-        >>> mixer.layer, sorted(mixer.loss_terms(mb, net(mb.inputs)))
-        ('block2', ['mask', 'mix_block'])
+        >>> mixer.layer, sorted(mixer.loss_terms(mb, mb.forward(net)))
+        ('block2', ['clean', 'mask', 'mix_block'])
     """
 
     name = "automix"
     default_alpha = 2.0
-    symmetric_block = False
 
     def __init__(
         self,
@@ -543,14 +756,21 @@ class AutoMix(_LearnedMaskMixer):
         model: nn.Module | None = None,
         in_channels: int | None = None,
         reduction: int = 2,
-        momentum: float = 0.999,
+        lam_concat: bool = False,
         upsample: str = "nearest",
-        lr_scale: float = 1.0,
-        weight_decay: float | None = None,
+        momentum: float = 0.999,
+        end_momentum: float = 0.999999,
+        momentum_delay: float = 0.1,
+        lam_margin: float = 0.08,
+        separate_draws: bool = True,
+        clean_weight: float = 1.0,
         generator_weight: float = 1.0,
         mask_weight: float = 0.1,
         mask_margin: float = 0.1,
-        teacher_fraction: float = 0.25,
+        mask_loss: str = "batch",
+        lr_scale: float = 1.0,
+        weight_decay: float | None = None,
+        teacher_fraction: float = 1.0,
         **kwargs: Any,
     ):
         super().__init__(
@@ -558,96 +778,137 @@ class AutoMix(_LearnedMaskMixer):
             model=model,
             in_channels=in_channels,
             reduction=reduction,
-            momentum=momentum,
+            lam_concat=lam_concat,
             upsample=upsample,
+            momentum=momentum,
+            end_momentum=end_momentum,
+            momentum_delay=momentum_delay,
+            lam_margin=lam_margin,
+            separate_draws=separate_draws,
+            clean_weight=clean_weight,
             lr_scale=lr_scale,
             weight_decay=weight_decay,
-            mask_weight=mask_weight,
-            mask_margin=mask_margin,
             teacher_fraction=teacher_fraction,
             **kwargs,
         )
         self.generator_weight = check_positive("generator_weight", generator_weight)
+        self.mask_weight = check_non_negative("mask_weight", mask_weight)
+        self.mask_margin = check_probability("mask_margin", mask_margin)
+        self.mask_loss = check_choice("mask_loss mode", mask_loss, MASK_LOSS_MODES)
         self._finish_init()
 
     def loss_terms(self, mb: MixedBatch, outputs: Tensor) -> dict[str, Tensor]:
-        """``{"mix_block": EMA classifier's mixed loss, "mask": mask-mean loss}``; empty for an unmixed batch."""
+        """``"mix_block"`` (the encoder's mixed loss), ``"mask"`` (if ``mask_weight > 0``), ``"clean"``.
+
+        Only the terms with a positive weight; empty for an unmixed batch.
+        """
         generated = self._generated(mb)
         if generated is None:
             return {}
-        teacher = self._teacher_loss(generated, mb)
-        return {"mix_block": self.generator_weight * teacher, "mask": self._mask_loss(generated)}
+        teacher, target = self._teacher(generated, [OUTPUT])
+        terms = {"mix_block": self.generator_weight * mixed_cross_entropy(teacher[OUTPUT], target)}
+        if self.mask_weight > 0:
+            terms["mask"] = self.mask_weight * mask_mean_loss(
+                generated.mask[:, 0], generated.weights[:, 0], self.mask_margin, self.mask_loss
+            )
+        return {**terms, **self._clean_terms(generated)}
+
+
+def mask_mean_loss(mask: Tensor, lam: Tensor, margin: float, mode: str = "batch") -> Tensor:
+    """AutoMix's mask loss: ``max(|mean(mask) - λ| - margin, 0)``, the L1 distance beyond a margin.
+
+    ``mode="batch"``: the mean of the mask over the whole batch against the mean λ
+    (the reference's ``PixelMixBlock.mask_loss`` with ``mask_loss_mode="L1"``, one λ per
+    batch); ``"sample"``: per sample, then averaged. Liu et al., ECCV 2022, arXiv 2103.13027.
+
+    Args:
+        mask: ``(N, *spatial)`` weight of each sample in its mix.
+        lam: ``(N,)`` its label weight.
+        margin: the tolerated distance.
+        mode: ``"batch"`` or ``"sample"``.
+
+    Example:
+        >>> mask, lam = torch.tensor([[1.0, 1.0], [0.0, 0.0]]), torch.tensor([0.75, 0.75])
+        >>> float(mask_mean_loss(mask, lam, 0.125)), float(mask_mean_loss(mask, lam, 0.125, "sample"))
+        (0.125, 0.375)
+    """
+    if mode == "batch":
+        return F.relu((mask.float().mean() - lam.float().mean()).abs() - margin)
+    kept = mask.float().flatten(1).mean(dim=1)
+    return F.relu((kept - lam.float()).abs() - margin).mean()
 
 
 class AdAutoMix(_LearnedMaskMixer):
-    """AdAutoMix: an adversarial mask generator, kept faithful by an EMA teacher and a cosine similarity.
+    """AdAutoMix: a generator of ``K``-source masks that alternately plays against and with a momentum teacher.
 
-    The generator is a symmetric :class:`MixBlock` (λ concatenated, separate query
-    and key projections, a softmax over the two sources) on the EMA copy's
-    features at ``layer``; ``inputs = mask * x + (1 - mask) * x[perm]`` and
-    ``lam = λ``, the label weight of the classifier's mixed loss.
+    Each step draws ``K`` label weights (``K`` ratios from Beta(α, α), normalised)
+    and, for the generator and the classifier apart, ``K - 1`` partner
+    permutations (for two sources also two ratios, as the reference). The
+    momentum encoder (an EMA of the classifier owned by the mixer, run in train
+    mode with its own BatchNorm statistics) gives the feature maps at ``layer``
+    and its output on the clean batch; the :class:`AdaptiveMixBlock` turns the
+    features into one mask per source (bilinear upsampling, softmax over sources).
 
-    On adversarial steps the online classifier sees the mixed batch through a
-    gradient reversal (:func:`reverse_gradient` with ``adversarial_weight`` β):
-    its own mixed loss trains it as usual and sends the generator ``-β`` times
-    the same gradient, so within the one backward the generator *maximises* the
-    classifier's mixed loss, while :meth:`loss_terms` holds it to the sources'
-    meaning with the EMA teacher ``t`` (the output of ``output_layer``, default the logits):
+    - The classifier's batch: ``inputs = sum_k m_k * x[sources[:, k]]`` with the
+      classifier's masks detached and the label weights ``mb.weights``
+      (:meth:`MixedBatch.from_sources`); plain linear mixing where the first weight is
+      within ``lam_margin`` of 0 or 1. ``mb.forward(model)`` also runs the clean
+      batch and, for ``K > 2``, the linear mix ``sum_k w_k x[sources[:, k]]``:
+      term ``"clean"`` is ``clean_weight * ((1 - mixup_ratio) CE(clean) + mixup_ratio CE(linear))``
+      (two sources: ``clean_weight * CE(clean)``).
+    - The generator, with the teacher ``t`` (the encoder, train mode) on its own
+      sample ``x~``: on adversarial steps (every ``adversarial_every``-th, the
+      first included) ``"mix_block" = -adversarial_weight * CE_t(x~)`` (it ascends
+      the teacher's mixed cross-entropy) and ``"similarity" = similarity_weight *
+      mean(sum_k w_k cos(t(x~), t(x[sources[:, k]])))``, which the reference code
+      *minimises* (``similarity="code"``; ``"preserve"`` minimises ``1 - cos``
+      instead, the stated aim of keeping the sources' meaning); on the other steps
+      ``"mix_block" = cooperative_weight * CE_t(x~)``.
 
-    - ``"similarity"``: ``similarity_weight * mean(λ (1 - cos(t(x̃), t(x))) + (1 - λ) (1 - cos(t(x̃), t(x[perm]))))``
-      over the first ``teacher_fraction`` of the batch (``t(x)`` comes from the context's EMA pass).
+    :meth:`after_step` moves the encoder towards the model along
+    :func:`cosine_momentum` and counts the step. Qin, Jin, Jiang, El-Yacoubi and
+    Gao, "Adversarial AutoMixup", ICLR 2024, arXiv 2312.11954.
 
-    With ``alternate=True`` (the reference implementation's schedule) every
-    other step is cooperative instead: the mask is detached from the classifier
-    and the generator minimises the EMA teacher's mixed loss (AutoMix's
-    objective, term ``"mix_block"``). On every step:
+    The defaults are the authors' CIFAR configuration (JinXins/Adversarial-AutoMixup
+    ``configs/classification/cifar100/basic/r18_adautomix_bilinear.py``): α = 1, three
+    sources, the third stage's feature map, reduction 2, no λ channel, bilinear
+    upsampling, momentum 0.999 → 0.999999 (held for the first 10 %), ``lam_margin``
+    0.03, β = 0.3 (similarity weight 1 - β), adversarial every other step,
+    ``mixup_ratio`` 0.5, loss weights 1, the teacher on the whole batch.
 
-    - ``"clean"``: ``clean_weight *`` the classifier's cross-entropy on the clean
-      batch (the reference implementation's classifier loss for two sources),
-      computed in the same forward: :meth:`MixedBatch.forward` runs the mixed
-      and clean batches together, so call ``mb.forward(model)``;
-    - ``"mask"``: the AutoMix mask-mean loss, only when ``mask_weight > 0`` (default 0).
-
-    Gradient never reaches the EMA's weights; run each step with
-    ``context=MixContext(mixer, model)(x, y)``. Qin, Jin, Jiang, El-Yacoubi and Gao,
-    "Adversarial AutoMixup", ICLR 2024, arXiv 2312.11954.
-
-    Deviations: the paper mixes N >= 2 images (two or three at random in its
-    experiments); mixlab's contract has two sources per sample, so N = 2, and
-    the classifier's loss is that of the two-source case (mixed plus clean
-    cross-entropy, no extra mixup term). The adversarial term is the online
-    classifier's loss (by gradient reversal) where the reference ascends the
-    EMA classifier's; the similarity is a loss ``1 - cos`` (the paper's intent:
-    keep the mixed sample's meaning). The EMA's momentum is constant (the
-    reference raises it along a cosine) and the teacher runs in eval mode (as the
-    context's features). The EMA teacher scores only the first
-    quarter of the mixed batch by default (``teacher_fraction=0.25``; 1 is the
-    paper's), and the generator starts as mixup (masks ≈ λ). The clean batch
-    shares the mixed batch's forward, so BatchNorm statistics are taken over both.
+    Deviations: one head for the mixed and the clean losses (the reference has two,
+    and copies of both in the encoder); the clean and linear-mix batches share the
+    mixed batch's forward (BatchNorm statistics over all three; the reference runs
+    three forwards); the first source of each output is the sample itself (the
+    reference permutes all ``K``: the same distribution of tuples).
 
     Args:
-        layer: the module whose (EMA) feature map drives the generator; default the
+        layer: the module whose (encoder) feature map drives the generator; default the
             second-to-last of ``model.stages``.
-        model: the model, to check the layer names, pick defaults and read channels (or
-            :meth:`bind_model`, which :class:`~mixlab.methods.context.MixContext` calls).
-        output_layer: the module whose EMA output the cosine constraint compares
-            (default ``"head"``, the logits of mixlab models).
+        model: the model, to check the layer names, pick defaults, read channels and copy the
+            encoder from (or :meth:`bind_model`, which :class:`~mixlab.methods.context.MixContext` calls).
+        sources: ``K``, the inputs mixed into each output (>= 2, default 3).
+        output_layer: the module whose encoder output the similarity compares (default None:
+            the model's output, the logits).
         in_channels: the layer's output channels (read from ``model`` when not given).
         reduction: attention width ``C // reduction`` (default 2).
-        momentum: the EMA teacher's momentum in [0, 1) (default 0.999).
-        upsample: ``"nearest"`` or ``"linear"``.
+        lam_concat: feed the weights to the generator as channels (default False).
+        upsample: ``"linear"`` (default, bilinear for images) or ``"nearest"``.
+        momentum, end_momentum, momentum_delay: the encoder's schedule, as in :class:`AutoMix`.
+        lam_margin: a first weight within this of 0 or 1 gives the classifier linear mixing (default 0.03).
+        separate_draws: partners (and, for two sources, λ) for the generator apart from the classifier's
+            (default True).
+        adversarial_weight: β, the weight of the ascended teacher loss (> 0, default 0.3).
+        similarity_weight: weight of the cosine term (>= 0, default ``1 - adversarial_weight``).
+        similarity: ``"code"`` (minimise the cosine, default) or ``"preserve"`` (minimise ``1 - cos``).
+        adversarial_every: adversarial steps are every this many (default 2; 1: always).
+        cooperative_weight: weight of the teacher loss on the other steps (> 0, default 1).
+        clean_weight: weight of the classifier's clean term (default 1; 0 skips the extra forwards).
+        mixup_ratio: the linear mix's share of the clean term for ``K > 2`` (default 0.5).
         lr_scale: the generator's learning rate over the run's (default 1).
         weight_decay: the generator's weight decay (default: the run's).
-        adversarial_weight: β, the scale of the reversed gradient (> 0, default 0.3 as in the paper).
-        similarity_weight: weight of the cosine constraint (>= 0, default 1 - β = 0.7).
-        alternate: alternate adversarial and cooperative steps (default True); False: adversarial only.
-        cooperative_weight: weight of the EMA teacher's mixed loss on cooperative steps (> 0, default 1).
-        clean_weight: weight of the classifier's clean cross-entropy (>= 0, default 1; 0 saves a
-            forward and backward of the clean batch).
-        mask_weight: weight of the mask-mean loss (default 0).
-        mask_margin: the tolerated ``|mean(mask) - λ|`` (default 0.1).
-        teacher_fraction: the share of the batch the EMA teacher scores, in (0, 1] (default 0.25).
-        **kwargs: the base mixer's (``alpha`` default 1 as in the paper, ``lam_mode``, ``p``, ...).
+        teacher_fraction: the share of the generator's sample the teacher scores, in (0, 1] (default 1).
+        **kwargs: the base mixer's (``alpha`` default 1, ``lam_mode``, ``p``, ``pairing``, ...).
 
     Example:
         >>> from mixlab.models import create_model
@@ -656,38 +917,43 @@ class AdAutoMix(_LearnedMaskMixer):
         >>> mixer = AdAutoMix(model=net)
         >>> x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 0])
         >>> mb = mixer(x, y, torch.Generator().manual_seed(0), context=MixContext(mixer, net)(x, y))
-        >>> sorted(mixer.loss_terms(mb, mb.forward(net)))
-        ['clean', 'similarity']
+        >>> mb.num_sources, sorted(mixer.loss_terms(mb, mb.forward(net)))
+        (3, ['clean', 'linear_mix', 'mix_block', 'similarity'])
         >>> mixer.after_step()  # the next step is cooperative
         >>> mb = mixer(x, y, torch.Generator().manual_seed(0), context=MixContext(mixer, net)(x, y))
         >>> sorted(mixer.loss_terms(mb, mb.forward(net)))
-        ['clean', 'mix_block']
+        ['clean', 'linear_mix', 'mix_block']
     """
 
     name = "adautomix"
     default_alpha = 1.0
-    symmetric_block = True
 
     def __init__(
         self,
         *,
         layer: str | None = None,
         model: nn.Module | None = None,
+        sources: int = 3,
         output_layer: str | None = None,
         in_channels: int | None = None,
         reduction: int = 2,
+        lam_concat: bool = False,
+        upsample: str = "linear",
         momentum: float = 0.999,
-        upsample: str = "nearest",
-        lr_scale: float = 1.0,
-        weight_decay: float | None = None,
+        end_momentum: float = 0.999999,
+        momentum_delay: float = 0.1,
+        lam_margin: float = 0.03,
+        separate_draws: bool = True,
         adversarial_weight: float = 0.3,
-        similarity_weight: float = 0.7,
-        alternate: bool = True,
+        similarity_weight: float | None = None,
+        similarity: str = "code",
+        adversarial_every: int = 2,
         cooperative_weight: float = 1.0,
         clean_weight: float = 1.0,
-        mask_weight: float = 0.0,
-        mask_margin: float = 0.1,
-        teacher_fraction: float = 0.25,
+        mixup_ratio: float = 0.5,
+        lr_scale: float = 1.0,
+        weight_decay: float | None = None,
+        teacher_fraction: float = 1.0,
         **kwargs: Any,
     ):
         super().__init__(
@@ -695,148 +961,128 @@ class AdAutoMix(_LearnedMaskMixer):
             model=model,
             in_channels=in_channels,
             reduction=reduction,
-            momentum=momentum,
+            lam_concat=lam_concat,
             upsample=upsample,
+            momentum=momentum,
+            end_momentum=end_momentum,
+            momentum_delay=momentum_delay,
+            lam_margin=lam_margin,
+            separate_draws=separate_draws,
+            clean_weight=clean_weight,
             lr_scale=lr_scale,
             weight_decay=weight_decay,
-            mask_weight=mask_weight,
-            mask_margin=mask_margin,
             teacher_fraction=teacher_fraction,
             **kwargs,
         )
-        if output_layer is not None and (not isinstance(output_layer, str) or output_layer == INPUT):
-            raise MixlabValueError(f"adautomix: output_layer must be a module name; got {output_layer!r}")
-        self.output_layer = "head" if output_layer is None else output_layer
+        self.num_sources = check_int("sources", sources, minimum=2)
+        if output_layer is not None and (not isinstance(output_layer, str) or output_layer in (INPUT, OUTPUT)):
+            raise MixlabValueError(f"adautomix: output_layer must be a module name or None; got {output_layer!r}")
+        self.output_layer = output_layer
         self.adversarial_weight = check_positive("adversarial_weight", adversarial_weight)
+        if similarity_weight is None:
+            similarity_weight = max(1.0 - self.adversarial_weight, 0.0)
         self.similarity_weight = check_non_negative("similarity_weight", similarity_weight)
-        if not isinstance(alternate, bool):
-            raise MixlabTypeError(f"alternate must be True or False; got {alternate!r}")
-        self.alternate = alternate
+        self.similarity = check_choice("similarity mode", similarity, SIMILARITY_MODES)
+        self.adversarial_every = check_int("adversarial_every", adversarial_every, minimum=1)
         self.cooperative_weight = check_positive("cooperative_weight", cooperative_weight)
-        self.clean_weight = check_non_negative("clean_weight", clean_weight)
-        self.steps = 0
+        self.mixup_ratio = check_probability("mixup_ratio", mixup_ratio)
         self._finish_init()
 
+    def _new_block(self, channels: int) -> _AttentionMaskBlock:
+        return AdaptiveMixBlock(channels, self.reduction, lam_concat=self.lam_concat, upsample=self.upsample)
+
     def _feature_layers(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*super()._feature_layers(), self.output_layer)))
+        extra = () if self.output_layer is None else (self.output_layer,)
+        return tuple(dict.fromkeys((*super()._feature_layers(), *extra)))
+
+    @property
+    def _compared(self) -> str:
+        """The encoder output the similarity compares: ``output_layer``'s, or the model's own."""
+        return OUTPUT if self.output_layer is None else self.output_layer
+
+    def _encoder_layers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self._layer(), self._compared)))
 
     @property
     def adversarial_step(self) -> bool:
-        """Whether the next batch is generated adversarially (every other step with ``alternate``)."""
-        return not self.alternate or self.steps % 2 == 0
+        """Whether the next batch trains the generator adversarially (every ``adversarial_every``-th step)."""
+        return self.steps % self.adversarial_every == 0
 
-    def _classifier_input(self, generated: _Generated) -> Tensor:
+    @property
+    def _linear_share(self) -> float:
+        return self.mixup_ratio if self.num_sources > 2 else 0.0
+
+    def _complete(self, mb: MixedBatch, generated: _Generated, x: Tensor, y: Tensor, clean: dict) -> None:
         generated.adversarial = self.adversarial_step
-        if generated.adversarial:
-            return reverse_gradient(generated.mixed, self.adversarial_weight)
-        return generated.mixed.detach()
-
-    def _complete(self, mb: MixedBatch, generated: _Generated, x: Tensor, y: Tensor, context: dict) -> None:
-        generated.teacher_clean = context[FEATURES][self.output_layer]
+        generated.teacher_clean = clean[self._compared]
         if self.clean_weight > 0:
             generated.clean_target = MixedBatch.unmixed(x, y)
-            mb.forward_fn = _WithClean(x, generated)
+            linear = None
+            if self._linear_share > 0:
+                linear = _combine(x, mb.sources, mb.weights.view(*mb.weights.shape, *([1] * (x.ndim - 2))))
+                generated.linear_target = MixedBatch.from_sources(linear, y, mb.sources, mb.weights)
+            mb.forward_fn = _WithClean(x, generated, linear)
 
     def loss_terms(self, mb: MixedBatch, outputs: Tensor) -> dict[str, Tensor]:
-        """``"similarity"`` (adversarial steps) or ``"mix_block"`` (cooperative steps), ``"clean"``, ``"mask"``.
+        """``"mix_block"`` and, on adversarial steps, ``"similarity"``; ``"clean"`` and ``"linear_mix"``.
 
         Only the terms with a positive weight; empty for an unmixed batch.
         """
         generated = self._generated(mb)
         if generated is None:
             return {}
+        compared = self._compared
+        teacher, target = self._teacher(generated, tuple(dict.fromkeys((OUTPUT, compared))))
+        teacher_loss = mixed_cross_entropy(teacher[OUTPUT], target)
         terms: dict[str, Tensor] = {}
-        if not generated.adversarial:
-            terms["mix_block"] = self.cooperative_weight * self._teacher_loss(generated, mb)
-        elif self.similarity_weight > 0:
-            terms["similarity"] = self.similarity_weight * self._similarity_loss(generated)
-        if self.clean_weight > 0:
-            if generated.clean_logits is None or generated.clean_target is None:
-                raise MixlabValueError(
-                    "adautomix: run the model with mb.forward(model) (it also scores the clean batch); "
-                    "or build the mixer with clean_weight=0"
-                )
-            terms["clean"] = self.clean_weight * mixed_cross_entropy(generated.clean_logits, generated.clean_target)
-        if self.mask_weight > 0:
-            terms["mask"] = self._mask_loss(generated)
+        if generated.adversarial:
+            terms["mix_block"] = -self.adversarial_weight * teacher_loss
+            if self.similarity_weight > 0:
+                similarity = self._similarity(teacher[compared], generated, target)
+                terms["similarity"] = self.similarity_weight * similarity
+        else:
+            terms["mix_block"] = self.cooperative_weight * teacher_loss
+        terms.update(self._clean_terms(generated))
         return terms
 
-    def _similarity_loss(self, generated: _Generated) -> Tensor:
-        """``mean(λ (1 - cos(t(x̃), t(x))) + (1 - λ) (1 - cos(t(x̃), t(x[perm]))))`` through the EMA teacher.
-
-        Over the first ``teacher_fraction`` of the batch; gradient reaches the generator only.
-        """
-        rows = self._teacher_rows(generated.mixed.shape[0])
-        mixed = _module_output(generated.ema_model, self.output_layer, generated.mixed[:rows]).flatten(1).float()
+    def _similarity(self, mixed_output: Tensor, generated: _Generated, target: MixedBatch) -> Tensor:
+        """``mean(sum_k w_k cos(t(x~), t(x_k)))`` (``"code"``), or ``mean(sum_k w_k (1 - cos))`` (``"preserve"``)."""
+        assert generated.teacher_clean is not None
+        rows = target.batch_size
+        mixed = mixed_output.flatten(1).float().unsqueeze(1)  # (rows, 1, D)
         clean = generated.teacher_clean.detach().flatten(1).float()
-        own = F.cosine_similarity(mixed, clean[:rows], dim=1)
-        partner = F.cosine_similarity(mixed, clean.index_select(0, generated.perm[:rows]), dim=1)
-        lam = generated.lam[:rows]
-        return (lam * (1.0 - own) + (1.0 - lam) * (1.0 - partner)).mean()
+        sources = clean.index_select(0, target.sources.flatten()).view(rows, target.num_sources, -1)
+        cosine = F.cosine_similarity(mixed, sources, dim=-1)  # (rows, K)
+        if self.similarity == "preserve":
+            cosine = 1.0 - cosine
+        return (target.weights.to(cosine.device) * cosine).sum(dim=1).mean()
 
-    def after_step(self) -> None:
-        """Count the step (adversarial and cooperative steps alternate)."""
-        self.steps += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        """The generator's weights (once the model is known) and the step count."""
-        return {**super().state_dict(), "steps": self.steps}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output."""
-        if "steps" not in state:
-            raise MixlabValueError(f"adautomix state lacks 'steps' (the step count); got {sorted(state)}")
-        rest = {key: value for key, value in state.items() if key != "steps"}
-        super().load_state_dict(rest)
-        self.steps = check_int("steps", int(state["steps"]))
+    def _clean_terms(self, generated: _Generated) -> dict[str, Tensor]:
+        terms = super()._clean_terms(generated)
+        share = self._linear_share
+        if not terms or share == 0:
+            return terms
+        if generated.linear_logits is None or generated.linear_target is None:
+            raise MixlabValueError("adautomix: the linear mix was not scored; run the model with mb.forward(model)")
+        terms["clean"] = (1.0 - share) * terms["clean"]
+        linear_loss = mixed_cross_entropy(generated.linear_logits, generated.linear_target)
+        terms["linear_mix"] = self.clean_weight * share * linear_loss
+        return terms
 
 
 class _WithClean:
-    """Runs the model on the mixed and the clean batch in one forward; keeps the clean outputs for ``loss_terms``."""
+    """Runs the model on the mixed, the clean (and the linear-mix) batches in one forward; keeps the extra outputs."""
 
-    def __init__(self, clean: Tensor, generated: _Generated):
-        self.clean, self.generated = clean, generated
+    def __init__(self, clean: Tensor, generated: _Generated, linear: Tensor | None = None):
+        self.clean, self.generated, self.linear = clean, generated, linear
 
     def __call__(self, model: nn.Module, inputs: Tensor) -> Tensor:
-        outputs = model(torch.cat([inputs, self.clean]))
-        mixed, clean = outputs.split(inputs.shape[0])
-        self.generated.clean_logits = clean
-        return mixed
+        parts = [inputs, self.clean] + ([] if self.linear is None else [self.linear])
+        outputs = model(torch.cat(parts)).split(inputs.shape[0])
+        self.generated.clean_logits = outputs[1]
+        if self.linear is not None:
+            self.generated.linear_logits = outputs[2]
+        return outputs[0]
 
 
-class _StopForwardError(Exception):
-    """Raised by a hook once the wanted module has run, to skip the rest of the forward."""
-
-
-def _module_output(model: nn.Module, name: str | None, x: Tensor) -> Tensor:
-    """``model(x)``, or the output of its module ``name`` (the forward stops there), with gradient.
-
-    The model runs in eval mode, as the context's features are taken (BatchNorm
-    with its running statistics, buffers untouched); its mode is restored.
-    """
-    captured: list[Any] = []
-    handle = None
-    if name is not None:
-        module = find_modules(model, [name], what="output layer")[name]
-
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            captured.append(output)
-            raise _StopForwardError
-
-        handle = module.register_forward_hook(hook)
-    training = model.training
-    model.eval()
-    try:
-        captured.append(model(x))
-    except _StopForwardError:
-        pass
-    finally:
-        model.train(training)
-        if handle is not None:
-            handle.remove()
-    if not isinstance(captured[0], Tensor):
-        raise MixlabValueError(f"module {name!r} returned {type(captured[0]).__name__}, not a tensor")
-    return captured[0]
-
-
-__all__ = ["AdAutoMix", "AutoMix", "MixBlock", "reverse_gradient"]
+__all__ = ["AdAutoMix", "AdaptiveMixBlock", "AutoMix", "MixBlock", "cosine_momentum", "mask_mean_loss"]
