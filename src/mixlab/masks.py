@@ -145,13 +145,21 @@ def box_slices(lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...]:
 
 
 def fourier_weight(
-    shape: Shape, lam: np.ndarray, rng: np.random.Generator, device: torch.device, decay_power: float = 3.0
+    shape: Shape,
+    lam: np.ndarray,
+    rng: np.random.Generator,
+    device: torch.device,
+    decay_power: float = 3.0,
+    max_soft: float = 0.0,
 ) -> torch.Tensor:
     """FMix masks: threshold a random low-frequency field so a ``lam`` share is kept.
 
     A complex Gaussian spectrum scaled by ``1 / f ** decay_power`` is turned
     back into a real field; its top ``round(lam * numel)`` positions keep
-    ``x_i`` (Harris et al., 2020, arXiv 2002.12047).
+    ``x_i`` (Harris et al., 2020, arXiv 2002.12047). With ``max_soft > 0`` the
+    ``2 * s`` positions ranked around the threshold, ``s = int(numel * min(max_soft,
+    lam, 1 - lam))``, ramp linearly from 1 to 0 (the authors' ``binarise_mask``),
+    which keeps the mean at ``round(lam * numel) / numel``.
 
     Example:
         >>> w = fourier_weight((16, 16), np.array([0.25]), np.random.default_rng(0), torch.device("cpu"))
@@ -164,7 +172,28 @@ def fourier_weight(
     spectrum = torch.view_as_complex(spectrum) * scale
     field = torch.fft.irfftn(spectrum, s=tuple(shape), dim=tuple(range(1, len(shape) + 1))).reshape(m, -1)
     keep = np.rint(np.asarray(lam) * field.shape[1]).astype(np.int64)
+    if max_soft > 0.0:
+        return _soft_top_k_rows(field, keep, _soft_widths(lam, max_soft, field.shape[1])).view(m, 1, *shape)
     return _top_k_rows(field, keep).view(m, 1, *shape)
+
+
+def _soft_widths(lam: np.ndarray, max_soft: float, numel: int) -> np.ndarray:
+    """Half-widths ``s`` of FMix's soft ramp: ``max_soft`` capped by ``min(lam, 1 - lam)``, in positions."""
+    lam = np.asarray(lam, dtype=np.float64)
+    return (numel * np.minimum(max_soft, np.minimum(lam, 1.0 - lam))).astype(np.int64)
+
+
+def _soft_top_k_rows(values: torch.Tensor, k: np.ndarray, soft: np.ndarray) -> torch.Tensor:
+    """Weight by rank ``r`` (descending): 1 below ``k - s``, 0 from ``k + s``, ``linspace(1, 0, 2s)`` between."""
+    n = values.shape[1]
+    order = values.argsort(dim=1, descending=True)
+    rank = torch.arange(n, device=values.device, dtype=torch.float64).unsqueeze(0)
+    high = torch.from_numpy(k + soft).to(values.device, torch.float64).unsqueeze(1)
+    span = torch.from_numpy(np.maximum(2 * soft - 1, 1)).to(values.device, torch.float64).unsqueeze(1)
+    # (high - 1 - r) / (2s - 1) is 1 at r = k - s and 0 at r = k + s - 1; with s = 0 it is a hard step at k.
+    by_rank = ((high - 1.0 - rank) / span).clamp_(0.0, 1.0)
+    by_rank = torch.where(torch.from_numpy(soft == 0).to(values.device).unsqueeze(1), (rank < high).double(), by_rank)
+    return torch.zeros_like(values, dtype=torch.float32).scatter_(1, order, by_rank.to(torch.float32))
 
 
 @functools.lru_cache(maxsize=32)
@@ -230,16 +259,51 @@ def grid_weight(
     return torch.gather(keep, 1, cell_index.view(m, -1)).view(m, 1, *shape)
 
 
+def grid_hole_weight(shape: Shape, lam: np.ndarray, cells: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A regular lattice of holes: in every one of the ``cells[i]`` parts per dim, a hole from the partner.
+
+    Each cell (the partition of :func:`block_index`) loses its leading corner, of
+    side ``round(cell * (1 - lam) ** (1 / d))`` per dim, kept between 1 and the
+    cell side minus 1. This is the GridMixup of I. Dobrynin that OpenMixup ships
+    as ``gridmix`` (a GridMask lattice filled from the partner, over the whole
+    input here), not the grid of whole cells of Baek et al. (:func:`grid_weight`).
+
+    Example:
+        >>> w = grid_hole_weight((4, 4), np.array([0.75]), np.array([2]), torch.device("cpu"))
+        >>> w[0, 0].int().tolist()
+        [[0, 1, 0, 1], [1, 1, 1, 1], [0, 1, 0, 1], [1, 1, 1, 1]]
+    """
+    m, d = len(lam), len(shape)
+    ratio = torch.from_numpy(np.clip(1.0 - np.asarray(lam, dtype=np.float64), 0.0, 1.0) ** (1.0 / d))
+    ratio = ratio.to(device).view(-1, 1)
+    active = torch.from_numpy(np.asarray(lam) < 1.0).to(device).view(-1, *([1] * d))
+    inside = active
+    for k, size in enumerate(shape):
+        n = torch.from_numpy(np.asarray(cells)).to(device).view(-1, 1).clamp(max=size)
+        cell = block_index(size, n, device)  # (M, size)
+        start = -torch.div(-cell * size, n, rounding_mode="floor")  # first position of each cell: ceil(c * size / n)
+        side = -torch.div(-(cell + 1) * size, n, rounding_mode="floor") - start
+        hole = torch.round(side * ratio).clamp(min=1.0).minimum((side - 1).clamp(min=1).to(ratio.dtype))
+        in_k = torch.arange(size, device=device) - start < hole
+        view = [m] + [1] * d
+        view[k + 1] = size
+        inside = inside & in_k.view(view)
+    return (~inside).unsqueeze(1).to(torch.float32)
+
+
 # ---------------------------------------------------------------- smooth (SmoothMix)
 
 
-def smooth_weight(shape: Shape, lam: np.ndarray, rng: np.random.Generator, device: torch.device) -> torch.Tensor:
-    """SmoothMix masks: ``1 - G`` with ``G`` a Gaussian blob of the partner, soft-edged.
+def smooth_weight(
+    shape: Shape, lam: np.ndarray, rng: np.random.Generator, device: torch.device, rel_sigma: np.ndarray | None = None
+) -> torch.Tensor:
+    """SmoothMix masks: ``1 - G``, ``G = exp(-sum_k (p_k - c_k)^2 / (2 sigma_k^2))`` a Gaussian blob of the partner.
 
-    The blob has a uniform centre and, per dim, a width ``sigma_k = s * size_k``
-    chosen so its unclipped volume is ``(1 - lam)`` of the input; clipping at the
-    border makes the true kept fraction (the mask mean) somewhat larger
-    (Lee et al., CVPR Workshops 2020).
+    The centre ``c`` is uniform over the input and ``sigma_k = s * size_k``. The
+    paper's blob (Lee et al., CVPR Workshops 2020) has ``s = rel_sigma`` drawn
+    apart from any λ; without ``rel_sigma``, ``s`` is chosen so the blob's
+    unclipped volume is ``(1 - lam)``. Samples with ``lam == 1`` get no blob.
+    Positions are pixel centres, ``p_k = index + 0.5``.
 
     Example:
         >>> w = smooth_weight((8, 8), np.array([0.5]), np.random.default_rng(0), torch.device("cpu"))
@@ -248,7 +312,8 @@ def smooth_weight(shape: Shape, lam: np.ndarray, rng: np.random.Generator, devic
     """
     m, d = len(lam), len(shape)
     area = np.clip(1.0 - np.asarray(lam, dtype=np.float64), 0.0, 1.0)
-    rel_sigma = np.maximum((area / (2.0 * math.pi) ** (d / 2.0)) ** (1.0 / d), 1e-6)
+    if rel_sigma is None:
+        rel_sigma = np.maximum((area / (2.0 * math.pi) ** (d / 2.0)) ** (1.0 / d), 1e-6)
     centres = rng.random((m, d))
     # The Gaussian is separable: one factor per dim, computed in NumPy and multiplied by broadcasting.
     blob = None
