@@ -7,7 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixlab.errors import MixlabValueError
 from mixlab.methods.base import Mixer, MixParams, interpolation_params
+
+MIDPOINT = 0.5
 
 
 class Mixup(Mixer):
@@ -16,6 +19,12 @@ class Mixup(Mixer):
     Works on any ``(N, ...)`` input: images, signals, volumes, token
     embeddings ``(N, T, D)`` and tables ``(N, F)``. Default ``alpha=1``
     (use 0.2 on ImageNet). Zhang et al., ICLR 2018, arXiv 1710.09412.
+
+    The defaults are the authors' CIFAR code (facebookresearch/mixup-cifar10,
+    ``train.py``: ``mixup_data``, ``mixup_criterion``): one λ ~ Beta(1, 1) and one
+    random permutation per batch, trained with
+    ``lam * CE(z, y_i) + (1 - lam) * CE(z, y_j)`` (:func:`mixlab.losses.mixed_cross_entropy`).
+    ``lam_mode="sample"`` draws one λ per sample instead (timm's ``elem`` mode).
 
     Example:
         >>> import torch, mixlab
@@ -41,10 +50,15 @@ class Mixup(Mixer):
 
 
 class Midpoint(Mixup):
-    """Midpoint Mixup: mixup with ``lam = 0.5`` for every pair.
+    """Midpoint Mixup: mixup with ``lam = 0.5`` for every pair (inputs and labels at the midpoint).
 
-    Chidambaram et al., "Towards Understanding the Data Dependency of Mixup-style
-    Training", ICLR 2022, arXiv 2110.07647.
+    Chidambaram, Wang, Wu & Ge, "Provably Learning Diverse Features in Multi-View
+    Data with Midpoint Mixup", ICML 2023, arXiv 2210.13512; the authors' code
+    (2014mchidamb/midpoint-mixup-multi-view-icml, ``training/run_training_v2.py``)
+    trains with ``0.5 * CE(z, y_i) + 0.5 * CE(z, y_j)``. It draws each partner
+    uniformly from the whole training set (with replacement); mixlab pairs within
+    the (shuffled) batch by a random permutation: each partner is still uniform,
+    but no two samples of a batch share one.
 
     Example:
         >>> import torch, mixlab
@@ -56,5 +70,12 @@ class Midpoint(Mixup):
     name = "midpoint"
 
     def __init__(self, **kwargs: Any):
-        kwargs.setdefault("lam", 0.5)
+        drawn = {key: kwargs[key] for key in ("alpha", "lam_range") if kwargs.get(key) is not None}
+        if drawn or kwargs.get("lam", MIDPOINT) != MIDPOINT:
+            seen = drawn or {"lam": kwargs["lam"]}
+            raise MixlabValueError(
+                f"midpoint mixes at lam=0.5 only; got {', '.join(f'{k}={v!r}' for k, v in seen.items())} "
+                "(use 'mixup' for another or a drawn lam)"
+            )
+        kwargs["lam"] = MIDPOINT
         super().__init__(**kwargs)
