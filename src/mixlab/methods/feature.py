@@ -2,20 +2,24 @@
 
 Both read a feature map ``(N, C, *grid)`` of a spatial layer of a network:
 
-- :class:`AttentiveMix` ranks the cells of the partner's map by their channel
-  mean and pastes the top ones into ``x_i`` at the same places (a mask on the input);
+- :class:`AttentiveMix` ranks the cells of the partner's map (pooled to the
+  paper's 7x7 on images) by their channel mean and pastes the top ones into
+  ``x_i`` at the same places (a mask on the input);
 - :class:`AlignMix` aligns the two maps by entropic optimal transport
   (:func:`sinkhorn_plan`) inside the forward pass and interpolates the aligned maps.
 
 When no layer is given, :func:`default_spatial_layer` picks the model's last
-stage whose feature grid is still at least 7 cells per side (the paper's 7x7
-for AttentiveMix): ``block2`` of ``cnn_small`` on 28x28 inputs, ``layer3`` of
-``preact_resnet18`` on 32x32 inputs.
+stage whose feature grid is still large enough: at least 7 cells per side for
+AttentiveMix (the paper's 7x7; ``block2`` of ``cnn_small`` on 28x28 inputs,
+``layer3`` of ``preact_resnet18`` on 32x32 inputs), at least 2 for AlignMix
+(the authors align the encoder's last stage; ``layer4``, 4x4, of
+``preact_resnet18`` on 32x32 inputs).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +29,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mixlab.batch import MixedBatch
-from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_int, check_positive
+from mixlab.errors import (
+    MixlabTypeError,
+    MixlabValueError,
+    check_choice,
+    check_int,
+    check_non_negative,
+    check_positive,
+    check_probability,
+)
 from mixlab.methods.base import Mixer, MixParams, blend, interpolation_params, label_weight
 from mixlab.methods.context import FEATURES, INPUT, MODEL, MixerNeeds, find_modules, layer_outputs, unwrap
 
@@ -58,6 +70,8 @@ def default_spatial_layer(model: nn.Module, *, min_grid: int = MIN_GRID, method:
         'block2'
         >>> default_spatial_layer(create_model("cnn_small", num_classes=10, input_size=16))
         'block1'
+        >>> default_spatial_layer(create_model("cnn_small", num_classes=10, input_size=16), min_grid=2)
+        'block2'
     """
     module = unwrap(model)
     stages = tuple(getattr(module, "stages", ()))
@@ -119,10 +133,12 @@ def _resolve_layers(model: nn.Module, names: Sequence[str], method: str) -> tupl
     return tuple(resolved)
 
 
-def _as_grid(grid: int | Sequence[int] | None) -> tuple[int, ...] | None:
+def _as_grid(grid: int | Sequence[int] | str | None) -> tuple[int, ...] | str | None:
     if grid is None:
         return None
-    if isinstance(grid, Sequence) and not isinstance(grid, str):
+    if isinstance(grid, str):
+        return check_choice("attentivemix grid", grid, GRID_CHOICES)
+    if isinstance(grid, Sequence):
         sizes = tuple(check_int("grid", g, minimum=1) for g in grid)
         if not sizes:
             raise MixlabValueError("grid must be an int or a non-empty tuple of ints; got ()")
@@ -132,26 +148,41 @@ def _as_grid(grid: int | Sequence[int] | None) -> tuple[int, ...] | None:
 
 # ------------------------------------------------------------------ AttentiveMix
 
+#: AttentiveMix's grid in the paper: the 7x7 final feature map of a ResNet-50 on 224x224 images.
+PAPER_GRID = 7
+GRID_CHOICES = ("paper",)
+
 
 class AttentiveMix(Mixer):
     """AttentiveMix (Attentive CutMix): paste the partner's ``top_k`` most attended grid cells into ``x_i``.
 
     A feature map ``(N, C, *grid)`` of each image is averaged over channels into
-    an attention map; the ``top_k`` cells of the partner's map (ties to the
-    earlier cell) are upsampled by nearest neighbour to the input's size and
-    pasted from ``x_j`` into ``x_i`` at the same places. ``lam`` is the exact
-    share of ``x_i`` kept and ``mb.mask`` the binary mask. The paper takes the
-    7x7 final map of a pretrained ResNet-50 and pastes its top 6 cells.
+    an attention map, pooled to ``grid`` cells; the ``top_k`` cells of the
+    partner's map (ties to the earlier cell) are upsampled by nearest neighbour
+    to the input's size and pasted from ``x_j`` into ``x_i`` at the same places.
+    ``lam`` is the exact share of ``x_i`` kept and ``mb.mask`` the binary mask.
     Walawalkar, Shen, Liu and Savvides, ICASSP 2020, arXiv 2003.13048.
+
+    The paper takes the 7x7 final feature map of an ImageNet-pretrained, frozen
+    ResNet-50 (on 224x224 images), pastes its top 6 cells (each a 32x32 patch)
+    and weights the labels by area (6/49 to the partner). The defaults follow
+    it (``top_k=6``, a 7x7 grid on images) except for the network: no
+    pretrained weights can be downloaded here, so unless ``feature_model`` is
+    given the attention comes from the model being trained, whose maps carry
+    little meaning early in training; the mixer then warns once
+    (``UserWarning``). No code by the authors is public (the often cited
+    xden2331/attentive_cutmix is a later third-party reproduction).
 
     The features come from one of, in this order:
 
     - ``feature_model``: a frozen network (e.g. pretrained; its parameters'
-      ``requires_grad`` is switched off) that the mixer runs itself on ``x``
-      without gradient, as in the paper; the mixer then needs
-      nothing from the training loop (its ``needs`` are empty). It runs in the
-      mode it is in (call ``.eval()`` on a pretrained extractor) and must be on
-      ``x``'s device (:meth:`to` moves it);
+      ``requires_grad`` is switched off) that the mixer runs itself on ``x``,
+      in eval mode and without gradient, as in the paper; the mixer then needs
+      nothing from the training loop (its ``needs`` are empty). It must be on
+      ``x``'s device (:meth:`to` moves it). For the paper's setting on CIFAR,
+      let it see 224x224 images, e.g.
+      ``feature_model=nn.Sequential(nn.Upsample(size=224, mode="bilinear"), resnet50)``
+      with ``layer="1.layer4"`` (torchvision's ResNet-50 with ImageNet weights, in eval mode);
     - ``context["features"][layer]``: the model being trained, on the clean
       batch, computed once per step by :class:`~mixlab.methods.context.MixContext`
       (``needs.features == (layer,)``);
@@ -161,20 +192,24 @@ class AttentiveMix(Mixer):
     Args:
         layer: the module whose output is the feature map (a name in
             ``named_modules()`` of the network that gives the features);
-            default :func:`default_spatial_layer` of ``feature_model`` or ``model``.
+            default :func:`default_spatial_layer` of ``feature_model`` or ``model``
+            (its last stage with a grid of at least 7 cells per side).
         model: the model being trained, to check ``layer`` and pick the default
             (the engine passes it).
         feature_model: a frozen feature extractor to use instead of the trained model.
         top_k: the number of cells pasted (default 6, the paper's); ``None``
             draws ``lam`` as usual and pastes ``round((1 - lam) * cells)`` cells.
         grid: the attention map is average-pooled to this many cells per dim
-            (an int or one per spatial dim); default the feature map's own grid.
+            (an int or one per spatial dim); ``"paper"`` (default): 7x7 on
+            images, the feature map's own grid on 1-D and 3-D inputs; ``None``:
+            the feature map's own grid. A map smaller than ``grid`` is spread
+            over it by the same adaptive pooling.
         **kwargs: base :class:`~mixlab.methods.base.Mixer` options (``alpha`` for ``top_k=None``, ``p``, ...).
 
     Example:
         >>> import torch
         >>> extractor = torch.nn.Sequential(torch.nn.AvgPool2d(4))  # a 4x4 grid on 16x16 inputs
-        >>> mixer = AttentiveMix(layer="0", feature_model=extractor, top_k=4)
+        >>> mixer = AttentiveMix(layer="0", feature_model=extractor, top_k=4, grid=None)
         >>> x, y = torch.rand(3, 1, 16, 16), torch.arange(3)
         >>> mb = mixer(x, y, generator=torch.Generator().manual_seed(0))
         >>> mb.lam.tolist(), mixer.needs.anything
@@ -192,7 +227,7 @@ class AttentiveMix(Mixer):
         model: nn.Module | None = None,
         feature_model: nn.Module | None = None,
         top_k: int | None = 6,
-        grid: int | Sequence[int] | None = None,
+        grid: int | Sequence[int] | str | None = "paper",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -209,13 +244,22 @@ class AttentiveMix(Mixer):
         if layer is not None and (not isinstance(layer, str) or layer == INPUT):
             raise MixlabValueError(f"layer must be the name of a module giving a feature map; got {layer!r}")
         self.layer = layer
+        self._warned_trained_source = False
         source = feature_model if feature_model is not None else model
         if source is not None:
             self.bind_model(source)
 
     def bind_model(self, model: nn.Module) -> None:
         """Pick the last spatial stage of ``model`` (or of ``feature_model``) as ``layer`` if none was given,
-        and check the name against it."""
+        and check the name against it.
+
+        Example:
+            >>> from mixlab.models import create_model
+            >>> mixer = AttentiveMix()
+            >>> mixer.bind_model(create_model("preact_resnet18", num_classes=10))
+            >>> mixer.layer
+            'layer3'
+        """
         source = self.feature_model if self.feature_model is not None else model
         if self.layer is None:
             self.layer = default_spatial_layer(source, method=self.name)
@@ -259,18 +303,32 @@ class AttentiveMix(Mixer):
         """The feature map of ``layer`` for the clean batch, from the first available source."""
         if self.feature_model is not None:
             return layer_outputs(unwrap(self.feature_model), x, [self.layer])[self.layer]
+        self._warn_trained_source()
         features = context.get(FEATURES, {})
         if self.layer in features:
             return features[self.layer]
         model = context.get(MODEL, self.model)
         return layer_outputs(unwrap(model), x, [self.layer])[self.layer]
 
+    def _warn_trained_source(self) -> None:
+        """Say once per mixer that the attention comes from the model being trained, not the paper's network."""
+        if self._warned_trained_source:
+            return
+        self._warned_trained_source = True
+        warnings.warn(
+            f"attentivemix takes its attention from layer {self.layer!r} of the model being trained, whose "
+            "maps mean little early in training; the paper uses a frozen ImageNet-pretrained ResNet-50. "
+            "Pass feature_model=<a frozen, pretrained network> (and its layer=) to follow the paper",
+            UserWarning,
+            stacklevel=6,
+        )
+
     def attention(self, features: Tensor, spatial_dims: int) -> Tensor:
         """The attention map ``(N, *grid)``: the channel mean of ``features``, pooled to ``grid`` if set.
 
         Example:
-            >>> AttentiveMix(layer="f").attention(torch.ones(2, 3, 4, 4), 2).shape
-            torch.Size([2, 4, 4])
+            >>> AttentiveMix(layer="f").attention(torch.ones(2, 3, 14, 14), 2).shape
+            torch.Size([2, 7, 7])
         """
         if not isinstance(features, Tensor) or features.ndim != spatial_dims + 2:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
@@ -279,13 +337,22 @@ class AttentiveMix(Mixer):
                 f"{spatial_dims} spatial dims like the input; choose a convolutional layer"
             )
         attention = features.detach().float().mean(dim=1)
-        if self.grid is not None:
-            grid = self.grid * spatial_dims if len(self.grid) == 1 else self.grid
-            if len(grid) != spatial_dims:
-                raise MixlabValueError(f"grid must give 1 or {spatial_dims} sizes; got {self.grid!r}")
+        grid = self._pooled_grid(spatial_dims)
+        if grid is not None:
             pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[spatial_dims - 1]
             attention = pool(attention.unsqueeze(1), grid).squeeze(1)
         return attention
+
+    def _pooled_grid(self, spatial_dims: int) -> tuple[int, ...] | None:
+        """The grid the attention is pooled to for inputs with ``spatial_dims`` dims (``None``: its own)."""
+        if self.grid is None:
+            return None
+        if self.grid == GRID_CHOICES[0]:
+            return (PAPER_GRID, PAPER_GRID) if spatial_dims == 2 else None
+        grid = self.grid * spatial_dims if len(self.grid) == 1 else self.grid
+        if len(grid) != spatial_dims:
+            raise MixlabValueError(f"grid must give 1 or {spatial_dims} sizes; got {self.grid!r}")
+        return tuple(grid)
 
     def _sample_params(
         self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
@@ -306,8 +373,8 @@ class AttentiveMix(Mixer):
             counts = np.rint((1.0 - lam) * cells).astype(np.int64)
         elif self.top_k > cells:
             raise MixlabValueError(
-                f"attentivemix: top_k={self.top_k} but layer {self.layer!r} gives only {cells} cells; "
-                "choose a smaller top_k or an earlier (larger) layer"
+                f"attentivemix: top_k={self.top_k} but the attention grid of layer {self.layer!r} has only "
+                f"{cells} cells; choose a smaller top_k, a larger grid or an earlier (larger) layer"
             )
         else:
             counts = np.full(n, self.top_k, dtype=np.int64)
@@ -327,7 +394,7 @@ class AttentiveMix(Mixer):
         return self
 
     def __repr__(self) -> str:
-        return f"AttentiveMix(layer={self.layer!r}, top_k={self.top_k}, grid={self.grid}, p={self.p})"
+        return f"AttentiveMix(layer={self.layer!r}, top_k={self.top_k}, grid={self.grid!r}, p={self.p})"
 
 
 def top_cells(attention: Tensor, counts: Tensor) -> Tensor:
@@ -345,25 +412,38 @@ def top_cells(attention: Tensor, counts: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------ AlignMix
 
+#: AlignMix's alignment costs: the authors' raw squared distances, or the same divided by their mean.
+COSTS = ("squared", "normalised")
+#: AlignMix's default layer has at least this many cells per side (a 1x1 map has nothing to align).
+ALIGN_MIN_GRID = 2
+
 
 @torch.no_grad()
-def sinkhorn_plan(cost: Tensor, epsilon: float = 0.1, iterations: int = 30, absorb_every: int = 10) -> Tensor:
+def sinkhorn_plan(cost: Tensor, epsilon: float = 0.1, iterations: int = 100, stop_threshold: float = 0.1) -> Tensor:
     """Entropic optimal transport plans ``(B, n, m)`` with uniform marginals ``1/n`` (rows) and ``1/m`` (columns).
 
     Solves ``min <P, C> - epsilon * H(P)`` for every cost matrix of the batch
-    at once. Stabilised Sinkhorn-Knopp (Cuturi, NeurIPS 2013, arXiv 1306.0895;
-    Schmitzer, SIAM J. Sci. Comput. 2019, arXiv 1610.06519): one log-domain
-    step, then matrix-vector scaling steps whose scalings are absorbed into
-    log-domain potentials every ``absorb_every`` steps, so nothing under- or
-    overflows at small ``epsilon``, while most steps are cheap batched
-    products. Runs in float32 (also under autocast), without gradient. The
-    last step fits the columns exactly; the rows converge with ``iterations``.
+    at once by log-domain Sinkhorn-Knopp, as AlignMix's authors run it. From
+    zero potentials, each iteration updates the row potentials ``f``, then the
+    column potentials ``g`` (both in the cost's units)::
+
+        f_i = epsilon * (log(1/n) - logsumexp_j((g_j - C_ij) / epsilon))
+        g_j = epsilon * (log(1/m) - logsumexp_i((f_i - C_ij) / epsilon))
+
+    and the plan is ``exp((f_i + g_j - C_ij) / epsilon)``. The iterations stop
+    early once the batch mean of ``sum_i |f_i - f_i(previous)|`` is below
+    ``stop_threshold`` (the authors' rule; ``0`` runs them all). The last step
+    fits the columns exactly; the rows converge with the iterations. The log
+    domain neither under- nor overflows at any ``epsilon``. Float32 (also under
+    autocast), no gradient; with ``stop_threshold > 0`` the test costs one
+    host sync per iteration on an accelerator. Cuturi, NeurIPS 2013, arXiv
+    1306.0895; Peyré and Cuturi, "Computational Optimal Transport", 2019, Remark 4.23.
 
     Args:
         cost: ``(B, n, m)`` non-negative costs.
         epsilon: entropic regularisation (> 0), in the cost's units.
-        iterations: Sinkhorn iterations (row and column scaling each), >= 1.
-        absorb_every: scaling steps between absorptions, >= 1.
+        iterations: the most Sinkhorn iterations (row and column update each), >= 1.
+        stop_threshold: stop when the row potentials move less than this (>= 0, cost units).
 
     Example:
         >>> plan = sinkhorn_plan(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]), epsilon=0.01)
@@ -372,57 +452,62 @@ def sinkhorn_plan(cost: Tensor, epsilon: float = 0.1, iterations: int = 30, abso
     """
     epsilon = check_positive("epsilon", epsilon)
     iterations = check_int("iterations", iterations, minimum=1)
-    absorb_every = check_int("absorb_every", absorb_every, minimum=1)
+    stop_threshold = check_non_negative("stop_threshold", stop_threshold)
     if cost.ndim != 3:
         raise MixlabValueError(f"cost must have shape (B, n, m); got {tuple(cost.shape)}")
     with torch.autocast(cost.device.type, enabled=False):
         scaled = cost.detach().float() / epsilon
-        n, m = scaled.shape[1:]
+        batch, n, m = scaled.shape
         log_a, log_b = -math.log(n), -math.log(m)
-        # Potentials f, g in units of epsilon; the plan is exp(f_i + g_j - C_ij / epsilon).
-        f = log_a - torch.logsumexp(-scaled, dim=2, keepdim=True)
-        g = log_b - torch.logsumexp(f - scaled, dim=1, keepdim=True)
-        done = 1
-        while done < iterations:
-            # After a column step every entry is <= 1/m, so the kernel cannot overflow.
-            kernel = torch.exp(f + g - scaled)
-            u = torch.ones_like(f)
-            v = torch.ones_like(g).transpose(1, 2)
-            steps = min(absorb_every, iterations - done)
-            for _ in range(steps):
-                u = (1.0 / n) / torch.bmm(kernel, v).clamp_min(_TINY)
-                v = (1.0 / m) / torch.bmm(kernel.transpose(1, 2), u).clamp_min(_TINY)
-            f = f + u.log()
-            g = g + v.log().transpose(1, 2)
-            done += steps
+        # Potentials in units of epsilon: f = u / epsilon, g = v / epsilon of the equations above.
+        f = scaled.new_zeros(batch, n, 1)
+        g = scaled.new_zeros(batch, 1, m)
+        for _ in range(iterations):
+            previous = f
+            f = log_a - _log_sum_exp(g - scaled, dim=2)
+            g = log_b - _log_sum_exp(f - scaled, dim=1)
+            if stop_threshold > 0 and epsilon * float((f - previous).abs().sum(dim=(1, 2)).mean()) < stop_threshold:
+                break
         return torch.exp(f + g - scaled)
 
 
-#: Floor of the Sinkhorn divisions: keeps the scalings finite between absorptions.
-_TINY = 1e-20
-_FLOAT_TINY = torch.finfo(torch.float32).tiny
+#: Terms below exp(-80) of a row's largest are raised to it: float32 denormals (slow on CPUs) are never
+#: formed, and the sum changes by less than n * exp(-80) of itself, far below float32's resolution.
+_EXP_FLOOR = 80.0
 
 
-def alignment_cost(features: Tensor, partner: Tensor, normalize: bool = True) -> Tensor:
+def _log_sum_exp(values: Tensor, dim: int) -> Tensor:
+    """``logsumexp`` over ``dim`` (kept), computed in place on ``values``, without denormal intermediates."""
+    peak = values.amax(dim=dim, keepdim=True)
+    return values.sub_(peak).clamp_min_(-_EXP_FLOOR).exp_().sum(dim=dim, keepdim=True).log_().add_(peak)
+
+
+def alignment_cost(features: Tensor, partner: Tensor, cost: str = "squared") -> Tensor:
     """Squared Euclidean distances ``(B, n, m)`` between the position vectors ``(B, n, C)`` and ``(B, m, C)``.
 
-    With ``normalize``, each matrix is divided by its mean, so that a plan's
+    ``cost="squared"`` gives them raw, as the AlignMix authors do;
+    ``"normalised"`` divides each matrix by its mean, so that a plan's
     ``epsilon`` is relative to the typical cost and does not drift with the
-    scale of the features during training. Float32, no gradient.
+    scale of the features during training. Both maps are first centred on the
+    first one's mean vector, which leaves the distances unchanged and keeps
+    float32 cancellation small. Float32, no gradient.
 
     Example:
-        >>> alignment_cost(torch.tensor([[[0.0], [2.0]]]), torch.tensor([[[0.0], [1.0]]]), normalize=False)
+        >>> alignment_cost(torch.tensor([[[0.0], [2.0]]]), torch.tensor([[[0.0], [1.0]]]))
         tensor([[[0., 1.],
                  [4., 1.]]])
     """
+    check_choice("alignmix cost", cost, COSTS)
     with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
         a, b = features.detach().float(), partner.detach().float()
+        centre = a.mean(dim=1, keepdim=True)
+        a, b = a - centre, b - centre
         squared_a = a.square().sum(dim=2, keepdim=True)
         squared_b = b.square().sum(dim=2).unsqueeze(1)
-        cost = torch.baddbmm(squared_a + squared_b, a, b.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
-        if normalize:
-            cost = cost / cost.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-        return cost
+        distances = torch.baddbmm(squared_a + squared_b, a, b.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
+        if cost == "normalised":
+            distances = distances / distances.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+        return distances
 
 
 def align_and_mix(
@@ -432,20 +517,24 @@ def align_and_mix(
     to_partner: Tensor | None = None,
     *,
     epsilon: float = 0.1,
-    iterations: int = 30,
-    normalize: bool = True,
+    iterations: int = 100,
+    stop_threshold: float = 0.1,
+    cost: str = "squared",
+    exact_marginals: bool = False,
 ) -> Tensor:
     """AlignMix of feature maps ``(N, C, *grid)``: align each map with its partner's, then interpolate.
 
     With ``A = h_i`` and ``A' = h_perm[i]`` as ``C x r`` matrices of the ``r``
     position vectors, ``P`` the entropic OT plan between their positions
-    (:func:`sinkhorn_plan` on :func:`alignment_cost`, no gradient) and
-    ``R = r P`` the assignment, the result is ``lam * A + (1 - lam) * A' R^T``
-    (the partner aligned to ``x_i``'s geometry), or where ``to_partner`` is
-    set ``lam * A R + (1 - lam) * A'`` (``x_i`` aligned to the partner's
-    geometry). ``R``'s rows (resp. columns) are rescaled to sum to exactly 1,
-    which the plan reaches only in the limit of many iterations, so every
-    aligned vector is a convex combination. Gradients flow through both maps.
+    (:func:`sinkhorn_plan` on :func:`alignment_cost`, no gradient; rows are
+    ``A``'s positions) and ``R = r P`` the assignment, the result is
+    ``lam * A + (1 - lam) * A' R^T`` (the partner aligned to ``x_i``'s
+    geometry), or where ``to_partner`` is set ``lam * A R + (1 - lam) * A'``
+    (``x_i`` aligned to the partner's geometry). ``R`` is used as the finite
+    iterations leave it (the authors' code): its columns sum to 1, its rows
+    nearly; ``exact_marginals`` rescales the rows (resp. columns) used to sum
+    to exactly 1, so every aligned vector is a convex combination. Gradients
+    flow through both maps.
     Venkataramanan, Kijak, Amsaleg and Avrithis, CVPR 2022, arXiv 2103.15375, Sec. 3.
 
     Args:
@@ -453,9 +542,11 @@ def align_and_mix(
         perm: ``(N,)`` partner indices.
         lam: ``(N,)`` weights of ``h_i``'s content.
         to_partner: ``(N,)`` bool, which samples align ``h_i`` to the partner; default none.
-        epsilon: entropic regularisation of the plan.
-        iterations: Sinkhorn iterations.
-        normalize: divide each cost matrix by its mean (see :func:`alignment_cost`).
+        epsilon: entropic regularisation of the plan, in the cost's units.
+        iterations: the most Sinkhorn iterations.
+        stop_threshold: Sinkhorn's early-stopping threshold (see :func:`sinkhorn_plan`).
+        cost: ``"squared"`` or ``"normalised"`` (see :func:`alignment_cost`).
+        exact_marginals: rescale ``R``'s rows (resp. columns) to sum to exactly 1.
 
     Example:
         >>> h = torch.randn(2, 3, 2, 2)
@@ -470,18 +561,16 @@ def align_and_mix(
     # (N, r, C): a view for channels_last maps, the layout the engine uses on CPU.
     own = features.movedim(1, -1).reshape(n, positions, channels).to(compute)
     partner = own.index_select(0, perm)
-    plan = sinkhorn_plan(alignment_cost(own, partner, normalize), epsilon, iterations)
+    plan = sinkhorn_plan(alignment_cost(own, partner, cost), epsilon, iterations, stop_threshold)
     weight = lam.to(device=features.device, dtype=compute).view(n, 1, 1)
     flags = torch.zeros(n, dtype=torch.bool) if to_partner is None else to_partner.cpu()
     with torch.autocast(features.device.type, enabled=False):
         mixed = None
-        # R = r P, with its rows (or columns) made to sum to exactly 1 after the finite number of
-        # iterations, so that every aligned vector is a convex combination of the other map's vectors.
         if not bool(flags.all()):  # partner aligned to the sample: lam * A + (1 - lam) * A' R^T
-            rows = (plan / plan.sum(dim=2, keepdim=True).clamp_min(_FLOAT_TINY)).to(compute)
+            rows = _assignment(plan, positions, exact_marginals, dim=2).to(compute)
             mixed = torch.lerp(torch.bmm(rows, partner), own, weight)
         if bool(flags.any()):  # sample aligned to the partner: lam * A R + (1 - lam) * A'
-            columns = (plan / plan.sum(dim=1, keepdim=True).clamp_min(_FLOAT_TINY)).to(compute)
+            columns = _assignment(plan, positions, exact_marginals, dim=1).to(compute)
             other = torch.lerp(partner, torch.bmm(columns.transpose(1, 2), own), weight)
             mask = flags.to(features.device).view(n, 1, 1)
             mixed = other if mixed is None else torch.where(mask, other, mixed)
@@ -489,42 +578,68 @@ def align_and_mix(
     return mixed.to(features.dtype).reshape(n, *grid, channels).movedim(-1, 1)
 
 
+def _assignment(plan: Tensor, positions: int, exact_marginals: bool, dim: int) -> Tensor:
+    """``R = r P``, or ``P`` with its sums along ``dim`` made exactly 1."""
+    if exact_marginals:
+        return plan / plan.sum(dim=dim, keepdim=True).clamp_min(_FLOAT_TINY)
+    return plan * positions
+
+
+_FLOAT_TINY = torch.finfo(torch.float32).tiny
+
+
 class AlignMix(Mixer):
     """AlignMix: align the feature maps of each pair by optimal transport, interpolate them, finish the forward.
 
-    At a layer drawn per batch from ``layers``, a forward hook replaces the
-    output ``h`` by :func:`align_and_mix` of ``h`` and its partners' ``h[perm]``:
-    each map's ``H x W`` position vectors are matched to the partner's by an
-    entropic optimal-transport plan (batched Sinkhorn over the whole batch on
-    the device, float32, squared Euclidean cost), the matched features are
+    Each batch is mixed, with probability ``input_mix_prob``, by plain mixup
+    of the inputs; otherwise, at a layer drawn from ``layers``, a forward hook
+    replaces the output ``h`` by :func:`align_and_mix` of ``h`` and its
+    partners' ``h[perm]``: each map's ``H x W`` position vectors are matched
+    to the partner's by an entropic optimal-transport plan (batched Sinkhorn
+    over the whole batch on the device, float32), the matched features are
     interpolated with ``lam``, and the model continues from there, as in
     Manifold Mixup. The label weight is ``lam``. Run the model with
-    ``mb.forward(model)`` (``mb.inputs`` is ``x``); works through DDP.
-    ``"input"`` among ``layers`` means plain mixup of the inputs there (the
-    paper's training draws input mixup or aligned mixing with equal chance).
-    Default ``alpha=2`` (the paper's). Venkataramanan, Kijak, Amsaleg and
-    Avrithis, CVPR 2022, arXiv 2103.15375.
+    ``mb.forward(model)`` (``mb.inputs`` is ``x`` on aligned batches); works
+    through DDP. Venkataramanan, Kijak, Amsaleg and Avrithis, CVPR 2022, arXiv 2103.15375.
+
+    The defaults are the authors' CIFAR configuration (shashankvkt/AlignMixup_CVPR22,
+    ``cifar10_100/models/resnet18_classifier.py`` and ``utils/OT.py``, which gave
+    the published numbers): input mixup or aligned mixing with equal chance per
+    batch, alignment at the encoder's last spatial stage (4x4 on CIFAR),
+    raw squared Euclidean cost, ``epsilon=0.1`` in the cost's units, at most
+    100 iterations stopped early at their threshold 0.1, ``R = r P`` unrescaled,
+    one direction drawn per batch, ``lam ~ Beta(2, 2)``.
 
     Args:
-        layers: candidate module names (and/or ``"input"``), one drawn per batch;
-            default :func:`default_spatial_layer` of the model (``block2`` of a
-            28x28 ``cnn_small``, ``layer3`` of a 32x32 ``preact_resnet18``).
+        layers: candidate module names (and/or ``"input"``), one drawn per aligned
+            batch; default the model's last spatial stage
+            (:func:`default_spatial_layer` with at least 2 cells per side):
+            ``layer4`` (4x4) of a 32x32 ``preact_resnet18``, ``layer3`` (8x8)
+            of a ``wrn_28_k``, ``block2`` of ``cnn_small``.
         model: the model, to check the names and pick the default (the engine
             passes it); may instead come per call as ``context={"model": model}``.
-        epsilon: entropic regularisation, relative to the mean cost when
-            ``normalize_cost`` (default 0.1, the paper's value).
-        iterations: Sinkhorn iterations (default 30).
+        input_mix_prob: probability per batch of plain input mixup instead of
+            aligned mixing (default 0.5, the authors'; 0 always aligns).
+        epsilon: entropic regularisation, in the cost's units (default 0.1, the
+            authors'; relative to the mean cost with ``cost="normalised"``).
+        sinkhorn_iters: the most Sinkhorn iterations (default 100, the authors').
+        stop_threshold: Sinkhorn stops once the batch mean of the row potentials'
+            total change is below this, in cost units (default 0.1, the authors'; 0 runs every iteration).
+        cost: ``"squared"`` (default, the authors' raw squared distances) or
+            ``"normalised"`` (divided by their mean per pair, so that ``epsilon``
+            does not drift with the features' scale during training).
         direction: ``"random"`` (the paper: each batch, or each sample in sample
             mode, aligns either way with equal chance), ``"to_sample"``
             (``lam * A + (1 - lam) * A' R^T``: ``x_i``'s geometry) or ``"to_partner"``
             (``lam * A R + (1 - lam) * A'``: the partner's geometry).
-        normalize_cost: divide each cost matrix by its mean (the paper uses raw squared distances).
-        **kwargs: base :class:`~mixlab.methods.base.Mixer` options.
+        exact_marginals: rescale the assignment so every aligned vector is a
+            convex combination (default False: ``R = r P`` as the authors use it).
+        **kwargs: base :class:`~mixlab.methods.base.Mixer` options (default ``alpha=2``, the authors').
 
     Example:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(64, 3))
-        >>> mixer = AlignMix(layers=["0"], model=net)
+        >>> mixer = AlignMix(layers=["0"], model=net, input_mix_prob=0.0)
         >>> mb = mixer(torch.randn(5, 1, 4, 4), torch.randint(0, 3, (5,)), context={"model": net})
         >>> mb.forward(net).shape, mixer.needs.model
         (torch.Size([5, 3]), True)
@@ -539,19 +654,25 @@ class AlignMix(Mixer):
         *,
         layers: Sequence[str] | None = None,
         model: nn.Module | None = None,
+        input_mix_prob: float = 0.5,
         epsilon: float = 0.1,
-        iterations: int = 30,
+        sinkhorn_iters: int = 100,
+        stop_threshold: float = 0.1,
+        cost: str = "squared",
         direction: str = "random",
-        normalize_cost: bool = True,
+        exact_marginals: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.input_mix_prob = check_probability("input_mix_prob", input_mix_prob)
         self.epsilon = check_positive("epsilon", epsilon)
-        self.iterations = check_int("iterations", iterations, minimum=1)
+        self.sinkhorn_iters = check_int("sinkhorn_iters", sinkhorn_iters, minimum=1)
+        self.stop_threshold = check_non_negative("stop_threshold", stop_threshold)
+        self.cost = check_choice("alignmix cost", cost, COSTS)
         self.direction = check_choice("alignmix direction", direction, DIRECTIONS)
-        if not isinstance(normalize_cost, bool):
-            raise MixlabTypeError(f"normalize_cost must be True or False; got {normalize_cost!r}")
-        self.normalize_cost = normalize_cost
+        if not isinstance(exact_marginals, bool):
+            raise MixlabTypeError(f"exact_marginals must be True or False; got {exact_marginals!r}")
+        self.exact_marginals = exact_marginals
         if model is not None and not isinstance(model, nn.Module):
             raise MixlabTypeError(f"model must be an nn.Module; got {type(model).__name__}")
         self.model = model
@@ -561,11 +682,23 @@ class AlignMix(Mixer):
             if not all(isinstance(name, str) for name in layers):
                 raise MixlabTypeError(f"layers must be module names (str); got {list(layers)!r}")
             layers = tuple(layers)
-            if model is not None:
-                layers = _resolve_layers(model, layers, self.name)
-        elif model is not None:
-            layers = (default_spatial_layer(model, method=self.name),)
         self.layers: tuple[str, ...] | None = layers
+        if model is not None:
+            self.bind_model(model)
+
+    def bind_model(self, model: nn.Module) -> None:
+        """Take the model's last spatial stage as the layer if none was given, and check the names against it.
+
+        Example:
+            >>> from mixlab.models import create_model
+            >>> mixer = AlignMix()
+            >>> mixer.bind_model(create_model("preact_resnet18", num_classes=10))
+            >>> mixer.layers
+            ('layer4',)
+        """
+        if self.layers is None:
+            self.layers = (default_spatial_layer(model, min_grid=ALIGN_MIN_GRID, method=self.name),)
+        self.layers = _resolve_layers(model, self.layers, self.name)
 
     @property
     def needs(self) -> MixerNeeds:
@@ -590,16 +723,15 @@ class AlignMix(Mixer):
                 "alignmix mixes inside the model and needs it: pass context=MixContext(mixer, model)(x, y) "
                 "(mixlab.methods.context.MixContext) or context={'model': model}, or model= to the constructor"
             )
-        if self.layers is None:  # no model at construction: pick the default from the first one seen
-            self.layers = (default_spatial_layer(model, method=self.name),)
-        self.layers = _resolve_layers(model, self.layers, self.name)
+        self.bind_model(model)
 
     def _sample_params(
         self, x: Tensor, y: Tensor, perm: Tensor, lam: np.ndarray, rng: np.random.Generator, context: dict
     ) -> MixParams:
         assert self.layers is not None  # set by _check_context
         params = interpolation_params(x, perm, lam)
-        params.extra["layer"] = self.layers[int(rng.integers(len(self.layers)))]
+        at_input = self.input_mix_prob > 0 and rng.random() < self.input_mix_prob
+        params.extra["layer"] = INPUT if at_input else self.layers[int(rng.integers(len(self.layers)))]
         # Samples left unmixed (lam = 1, the p draw) keep their own map: no alignment to the partner.
         unmixed = np.broadcast_to(lam, (x.shape[0],)) >= 1.0
         params.extra["to_partner"] = self._draw_directions(len(lam), x.shape[0], rng) & ~unmixed
@@ -622,15 +754,21 @@ class AlignMix(Mixer):
         layer = params.extra.get("layer", INPUT)
         if params.mixed and layer != INPUT:
             to_partner = torch.from_numpy(params.extra["to_partner"])
-            mb.forward_fn = _AlignedHiddenMix(
-                layer, params.perm, params.lam, to_partner, self.epsilon, self.iterations, self.normalize_cost
-            )
+            options = {
+                "epsilon": self.epsilon,
+                "iterations": self.sinkhorn_iters,
+                "stop_threshold": self.stop_threshold,
+                "cost": self.cost,
+                "exact_marginals": self.exact_marginals,
+            }
+            mb.forward_fn = _AlignedHiddenMix(layer, params.perm, params.lam, to_partner, options)
             mb.mask = None
         return mb
 
     def __repr__(self) -> str:
         return (
-            f"AlignMix(layers={self.layers}, epsilon={self.epsilon}, iterations={self.iterations}, "
+            f"AlignMix(layers={self.layers}, input_mix_prob={self.input_mix_prob}, epsilon={self.epsilon}, "
+            f"sinkhorn_iters={self.sinkhorn_iters}, stop_threshold={self.stop_threshold}, cost={self.cost!r}, "
             f"direction={self.direction!r}, lam={self.lam_sampler!r}, p={self.p})"
         )
 
@@ -638,18 +776,9 @@ class AlignMix(Mixer):
 class _AlignedHiddenMix:
     """Runs a model with one module's output replaced by :func:`align_and_mix` (first call only)."""
 
-    def __init__(
-        self,
-        layer: str,
-        perm: Tensor,
-        lam: Tensor,
-        to_partner: Tensor,
-        epsilon: float,
-        iterations: int,
-        normalize: bool,
-    ):
+    def __init__(self, layer: str, perm: Tensor, lam: Tensor, to_partner: Tensor, options: dict[str, Any]):
         self.layer, self.perm, self.lam, self.to_partner = layer, perm, lam, to_partner
-        self.epsilon, self.iterations, self.normalize = epsilon, iterations, normalize
+        self.options = options
 
     def __call__(self, model: nn.Module, inputs: Tensor) -> Any:
         module = find_modules(model, [self.layer], what="layer for alignmix")[self.layer]
@@ -666,15 +795,7 @@ class _AlignedHiddenMix:
                     "to align; choose a convolutional layer"
                 )
             done = True
-            return align_and_mix(
-                output,
-                self.perm,
-                self.lam,
-                self.to_partner,
-                epsilon=self.epsilon,
-                iterations=self.iterations,
-                normalize=self.normalize,
-            )
+            return align_and_mix(output, self.perm, self.lam, self.to_partner, **self.options)
 
         handle = module.register_forward_hook(mix_output)
         try:
