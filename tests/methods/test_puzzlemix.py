@@ -1,4 +1,8 @@
-"""PuzzleMix: contract, the energy, the mask solver against brute force, block transport, training, errors."""
+"""PuzzleMix: contract, the mask solver against brute force, transport, the clean loss, training, errors.
+
+The formulas themselves (smoothness scale, three-label costs, local statistics,
+the transport algorithm) are computed by hand in ``tests/fidelity/test_puzzlemix_fidelity.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,22 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from mixer_checks import assert_trains, check_contract, digits, own_loop, small_cnn
 
+from mixer_checks import assert_mixer_contract, assert_trains, digits, own_loop, small_cnn
+from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError
+from mixlab.methods.blocks import block_saliency
 from mixlab.methods.context import MixContext, MixerNeeds
 from mixlab.methods.puzzle import (
     BoundaryCosts,
     PuzzleMix,
     block_grid,
-    block_permutation_pixels,
-    block_saliency,
-    boundary_costs,
-    puzzle_energy,
+    cell_pixels,
+    mask_energy,
+    mask_energy_terms,
     solve_puzzle_mask,
-    transport_blocks,
+    transport_costs,
+    transport_plan,
 )
 
 CPU = torch.device("cpu")
@@ -64,8 +70,9 @@ def _warm_cnn() -> torch.nn.Module:
 # ------------------------------------------------------------------ contract
 
 
-def test_needs_only_the_saliency() -> None:
+def test_needs_the_saliency_and_the_clean_loss_only_when_weighted() -> None:
     assert PuzzleMix().needs == MixerNeeds(saliency=True)
+    assert PuzzleMix(clean_weight=1.0).needs == MixerNeeds(saliency=True, clean_loss=True)
 
 
 @pytest.mark.parametrize(
@@ -73,19 +80,32 @@ def test_needs_only_the_saliency() -> None:
     [
         {},
         {"transport": False},
-        {"blocks": (3, 5), "transport_radius": 2},  # 16 is not divisible by 3 or 5
+        {"blocks": (3, 5)},  # 16 is not divisible by 3 or 5
         {"lam_mode": "sample", "p": 0.7},
         {"solver": "exact", "blocks": (4,)},
         {"solver": "icm", "blocks": (8,), "gamma": 0.0},
+        {"n_labels": 2, "transport_size": None},
+        {"clean_weight": 1.0, "blocks": (4,)},
     ],
 )
 def test_contract_and_exact_lam(options: dict) -> None:
-    """Shapes, determinism, untouched inputs and model, and ``lam`` equal to the mask's mean (``check_contract``)."""
+    """Shapes, determinism, untouched inputs and model, and ``lam`` equal to the mask's mean."""
     x, y = digits(48)
     mixer = PuzzleMix(**options)
-    mb = check_contract(mixer, x, y, _warm_cnn(), lam_is_mask_mean=True)
+    mb = assert_mixer_contract(mixer, x, y, _warm_cnn(), lam_is_mask_mean=True, num_classes=10)
     assert mb.mask is not None and mb.mask.shape == (48, 1, 16, 16)
-    assert bool(((mb.mask == 0) | (mb.mask == 1)).all()), "the mask is binary"
+    levels = torch.linspace(0, 1, mixer.n_labels)
+    assert bool((mb.mask.unsqueeze(-1) == levels).any(-1).all()), "the mask takes the label values only"
+
+
+def test_three_labels_give_half_blocks_and_their_blend() -> None:
+    """With ``n_labels=3`` some blocks are 1/2, and there the output is the mean of the two (transported) sources."""
+    x, y = digits(128)
+    mixer = PuzzleMix(lam=0.5, transport=False)
+    mb = mixer(x, y, _generator(5), context=MixContext(mixer, _warm_cnn())(x, y))
+    half = mb.mask.expand_as(x) == 0.5
+    assert bool(half.any())
+    torch.testing.assert_close(mb.inputs[half], (0.5 * (x + x[mb.perm]))[half])
 
 
 def test_mask_is_the_block_mask_upsampled() -> None:
@@ -95,8 +115,8 @@ def test_mask_is_the_block_mask_upsampled() -> None:
     mixer = PuzzleMix(blocks=(3,))
     context = MixContext(mixer, net)(x, y)
     params = mixer.sample(x, y, _generator(1), context=context)
-    keep = params.extra["keep"].float().unsqueeze(1)
-    expected = torch.nn.functional.interpolate(keep, size=(16, 16), mode="nearest")
+    blocks = params.extra["block_mask"].unsqueeze(1)
+    expected = torch.nn.functional.interpolate(blocks, size=(16, 16), mode="nearest")
     assert torch.equal(params.weight, expected)
     assert torch.equal(params.lam, params.weight.flatten(1).double().mean(1).float())
 
@@ -108,7 +128,7 @@ def test_mixed_pixels_come_from_the_two_sources() -> None:
     x = (torch.arange(n).view(n, 1, 1, 1) * 1000 + torch.arange(size * size).view(1, 1, size, size)).float()
     y = torch.arange(n) % 10
     saliency = torch.rand(n, size, size, generator=_generator(2)) ** 4
-    mixer = PuzzleMix(blocks=(4,), transport_weight=0.05, gamma=0.0)  # γ off: these pixel values are not an image
+    mixer = PuzzleMix(blocks=(4,), n_labels=2, transport_weight=0.1, gamma=0.0)  # γ off: not an image
     mb = mixer(x, y, _generator(3), context={"saliency": saliency})
     source_sample, source_pixel = (mb.inputs[:, 0] // 1000).long(), (mb.inputs[:, 0] % 1000).long()
     kept = mb.mask[:, 0].bool()
@@ -118,7 +138,21 @@ def test_mixed_pixels_come_from_the_two_sources() -> None:
         for part in (kept[i], ~kept[i]):
             assert source_pixel[i][part].unique().numel() == int(part.sum())
     moved = (source_pixel != torch.arange(size * size).view(1, size, size)).any()
-    assert bool(moved), "with a low transport cost some block should move"
+    assert bool(moved), "with a low transport cost some cell should move"
+
+
+def test_transport_raises_the_saliency_shown() -> None:
+    """Moving content into the shown cells never lowers the saliency they show (on these inputs it raises it)."""
+    n, size = 32, 16
+    saliency = torch.rand(n, size, size, generator=_generator(6)) ** 6
+    x = saliency.unsqueeze(1).clone()  # each image is its own saliency map: what is shown can be read off
+    y = torch.zeros(n, dtype=torch.long)
+    shown = {}
+    for transport in (False, True):
+        mixer = PuzzleMix(blocks=(4,), n_labels=2, gamma=0.0, transport=transport, transport_weight=0.1)
+        mb = mixer(x, y, _generator(7), context={"saliency": saliency})
+        shown[transport] = (mb.inputs * mb.mask).sum((1, 2, 3))
+    assert bool((shown[True] >= shown[False] - 1e-6).all()) and bool((shown[True] > shown[False] + 1e-6).any())
 
 
 def test_unmixed_samples_are_left_as_they_are() -> None:
@@ -131,15 +165,30 @@ def test_unmixed_samples_are_left_as_they_are() -> None:
     assert torch.equal(mb.inputs[whole], x[whole])
 
 
-def test_mask_mean_follows_the_drawn_ratio() -> None:
-    """With the default weights the share of ``x_i`` follows λ and most samples really mix."""
+def test_the_prior_pulls_the_mask_towards_the_drawn_ratio() -> None:
+    """The share of ``x_i`` grows with λ, is symmetric about 1/2 and about 1/2 at λ = 1/2.
+
+    With the authors' weights the binomial prior dominates far from 1/2 (their masks
+    are mostly one image at λ = 0.2): the share follows λ's side, not its value.
+    """
     x, y = digits(128)
     context = MixContext(PuzzleMix(), _warm_cnn())(x, y)
-    for lam in (0.2, 0.5, 0.8):
+    shares = {}
+    for lam in (0.2, 0.4, 0.5, 0.6, 0.8):
         mixer = PuzzleMix(lam=lam)
-        shares = torch.cat([mixer(x, y, _generator(seed), context=context).lam for seed in range(3)])
-        assert abs(float(shares.mean()) - lam) < 0.1, (lam, float(shares.mean()))
-        assert float(((shares == 0) | (shares == 1)).float().mean()) < 0.35
+        shares[lam] = float(torch.cat([mixer(x, y, _generator(s), context=context).lam for s in range(3)]).mean())
+    assert shares[0.2] < shares[0.4] < shares[0.5] < shares[0.6] < shares[0.8], shares
+    assert abs(shares[0.5] - 0.5) < 0.1 and abs(shares[0.2] + shares[0.8] - 1.0) < 0.1, shares
+
+
+def test_block_counts_with_blocks_under_two_pixels_are_skipped() -> None:
+    """Blocks (2, 4, 8, 16) on 16x16 images draw among 2, 4 and 8 only (16 would give 1-pixel blocks)."""
+    x, y = digits(8, size=16)
+    mixer = PuzzleMix()
+    drawn = {
+        mixer.sample(x, y, _generator(s), context={"saliency": torch.rand(8, 16, 16)}).extra["blocks"] for s in range(30)
+    }
+    assert drawn == {(2, 2), (4, 4), (8, 8)}
 
 
 def test_salient_halves_are_kept() -> None:
@@ -149,52 +198,18 @@ def test_salient_halves_are_kept() -> None:
     saliency[:, :, : size // 2] = 1.0
     perm_saliency = torch.zeros(n, size, size)
     perm_saliency[:, :, size // 2 :] = 1.0
-    grid = block_grid(size, size, 4, CPU)
-    sal_a, sal_b = block_saliency(saliency, grid), block_saliency(perm_saliency, grid)
-    keep = solve_puzzle_mask(sal_a, sal_b, 0.5, beta=1.2, eta=0.2)
-    assert bool(keep[:, :, :2].all()) and not bool(keep[:, :, 2:].any())
-
-
-# ------------------------------------------------------------------ the energy
-
-
-def test_energy_terms() -> None:
-    """Unary = minus the kept saliency; a straight cut costs ``beta / 64``; the prior follows λ."""
-    k = 4
-    sa = torch.rand(1, k, k, generator=_generator(5))
-    sb = torch.rand(1, k, k, generator=_generator(6))
-    left = torch.zeros(1, k, k)
-    left[..., : k // 2] = 1
-    kept = (left * sa + (1 - left) * sb).sum()
-    torch.testing.assert_close(puzzle_energy(left, sa, sb, 0.5, beta=0.0, eta=0.0), -kept.view(1))
-    cut = puzzle_energy(left, sa, sb, 0.5, beta=1.6, eta=0.0) - puzzle_energy(left, sa, sb, 0.5, beta=0.0, eta=0.0)
-    torch.testing.assert_close(cut, torch.tensor([0.025]))
-    ones, zeros = torch.ones(1, k, k), torch.zeros(1, k, k)
-    zero_s = torch.zeros(1, k, k)
-    assert puzzle_energy(ones, zero_s, zero_s, 0.8, beta=1.0, eta=1.0) < puzzle_energy(
-        zeros, zero_s, zero_s, 0.8, beta=1.0, eta=1.0
-    )
-
-
-def test_boundary_costs_compare_the_pixels_across_each_edge() -> None:
-    """``φ(u, v)`` is the mean |difference| between the last line of one block and the first of the next."""
-    x = torch.rand(2, 3, 12, 12, generator=_generator(7))
-    perm = torch.tensor([1, 0])
-    grid = block_grid(12, 12, 3, CPU)
-    costs = boundary_costs(x, perm, grid)
-    assert costs.right.shape == (2, 2, 2, 3, 2) and costs.down.shape == (2, 2, 2, 2, 3)
-    # right edge between block columns 0 and 1 in block row 2 of sample 0, x_i (u=1) then partner (v=0)
-    expected = (x[0, :, 8:12, 3] - x[1, :, 8:12, 4]).abs().mean()
-    torch.testing.assert_close(costs.right[0, 1, 0, 2, 0], expected)
-    expected = (x[1, :, 3, 4:8] - x[0, :, 4, 4:8]).abs().mean()  # down edge, partner (u=0) over x_i (v=1)
-    torch.testing.assert_close(costs.down[0, 0, 1, 0, 1], expected)
+    sal_a, sal_b = block_saliency(saliency, (4, 4)), block_saliency(perm_saliency, (4, 4))
+    for n_labels in (2, 3):
+        terms = mask_energy_terms(sal_a, sal_b, 0.5, beta=1.2, eta=0.2, n_labels=n_labels)
+        mask = terms.levels[solve_puzzle_mask(terms)]
+        assert bool((mask[:, :, :2] == 1).all()) and bool((mask[:, :, 2:] == 0).all())
 
 
 # ------------------------------------------------------------------ the solver against brute force
 
 
-def _random_instances(count: int, k: int, seed: int) -> tuple:
-    """Peaked random saliencies, random local-statistics costs, λ in (0.05, 0.95), β in [0, 4), γ in [0, 2), η in [0, 1)."""
+def _random_terms(count: int, k: int, n_labels: int, seed: int, beta: float | None = None):
+    """Peaked random saliencies, random local-statistics costs, λ in (0.05, 0.95); β, γ, η drawn unless given."""
     g = _generator(seed)
     sa = torch.rand(count, k, k, generator=g) ** 3
     sb = torch.rand(count, k, k, generator=g) ** 3
@@ -203,131 +218,127 @@ def _random_instances(count: int, k: int, seed: int) -> tuple:
     boundary = BoundaryCosts(
         torch.rand(count, 2, 2, k, k - 1, generator=g), torch.rand(count, 2, 2, k - 1, k, generator=g)
     )
-    weights = {"beta": 4.0 * float(torch.rand(1, generator=g)), "gamma": 2.0 * float(torch.rand(1, generator=g))}
-    weights["eta"] = float(torch.rand(1, generator=g))
-    return sa, sb, lam, boundary, weights
+    beta = 16.0 * float(torch.rand(1, generator=g)) if beta is None else beta
+    gamma, eta = 2.0 * float(torch.rand(1, generator=g)), float(torch.rand(1, generator=g))
+    return mask_energy_terms(sa, sb, lam, beta=beta, gamma=gamma, eta=eta, n_labels=n_labels, boundary=boundary)
 
 
 @functools.cache
-def _brute_force(k: int, instances: int, seed: int) -> tuple[list[tuple], torch.Tensor, torch.Tensor]:
-    """Instances in batches of 10 (one β, γ, η per batch) and their lowest and highest energy over all masks."""
-    codes = torch.arange(2 ** (k * k))
-    every_mask = ((codes[:, None] >> torch.arange(k * k)) & 1).view(-1, 1, k, k).float()
+def _brute_force(k: int, n_labels: int, instances: int, seed: int) -> tuple[list, torch.Tensor, torch.Tensor]:
+    """Instances in batches of 10 (one β, γ, η per batch) and their lowest and highest energy over all label maps."""
+    codes = torch.arange(n_labels ** (k * k))
+    powers = n_labels ** torch.arange(k * k)
+    every = (torch.div(codes[:, None], powers, rounding_mode="floor") % n_labels).view(-1, 1, k, k)
     batches, lows, highs = [], [], []
     for start in range(0, instances, 10):
-        sa, sb, lam, boundary, weights = _random_instances(min(10, instances - start), k, seed + start)
-        energies = puzzle_energy(every_mask, sa, sb, lam, boundary=boundary, **weights)  # (2^(k*k), batch)
-        batches.append((sa, sb, lam, boundary, weights))
+        terms = _random_terms(min(10, instances - start), k, n_labels, seed + start)
+        energies = mask_energy(every, terms)  # (L^(k*k), batch)
+        batches.append(terms)
         lows.append(energies.min(0).values)
         highs.append(energies.max(0).values)
     return batches, torch.cat(lows), torch.cat(highs)
 
 
-def _relative_gaps(k: int, method: str | None, instances: int, seed: int) -> torch.Tensor:
-    """``(E(solution) - E_min) / (E_max - E_min)`` per instance, extremes over all ``2^(k*k)`` masks.
-
-    With ``method=None`` the "solution" is a random mask (to show the criterion can fail).
-    """
-    batches, low, high = _brute_force(k, instances, seed)
+def _relative_gaps(k: int, n_labels: int, method: str | None, instances: int, seed: int) -> torch.Tensor:
+    """``(E(solution) - E_min) / (E_max - E_min)`` per instance; ``method=None``: a random label map."""
+    batches, low, high = _brute_force(k, n_labels, instances, seed)
     found = []
-    for sa, sb, lam, boundary, weights in batches:
+    for terms in batches:
         if method is None:
-            solution = torch.rand(sa.shape, generator=_generator(seed)) < 0.5
+            solution = torch.randint(0, n_labels, terms.unary.shape[:3], generator=_generator(seed))
         else:
-            solution = solve_puzzle_mask(sa, sb, lam, boundary=boundary, method=method, **weights)
-        found.append(puzzle_energy(solution, sa, sb, lam, boundary=boundary, **weights))
+            solution = solve_puzzle_mask(terms, method)
+        found.append(mask_energy(solution, terms))
     return (torch.cat(found) - low) / (high - low)
 
 
 @pytest.mark.parametrize("method", ["auto", "icm"])
 def test_solver_is_near_optimal_against_brute_force(method: str) -> None:
-    """On 180 random 3x3 and 30 random 4x4 instances the solver's energy is within 5% of the optimum.
+    """On random 3x3 (two and three labels) and 4x4 (two labels) instances the solver is within 2% of the optimum.
 
-    "Within 5%" is relative to the energy range of the instance:
-    ``E(solver) - E_min <= 0.05 * (E_max - E_min)``, with both extremes found by
-    enumerating all ``2^(k*k)`` masks; it must hold on at least 95% of the
-    instances. ``"auto"`` is the exact row DP on these grids (expected: every
-    instance at the optimum); ``"icm"`` the coarse-to-fine local search used on
-    larger grids. Random masks fail the criterion on most instances.
+    "Within 2%" is relative to the energy range of the instance,
+    ``E(solver) - E_min <= 0.02 (E_max - E_min)``, both extremes found by
+    enumerating every label map; it must hold on at least 95% of the instances.
+    ``"auto"`` is the exact row DP on these grids (every instance at the optimum);
+    ``"icm"`` the coarse-to-fine row/column search of larger grids. Random maps fail it.
     """
-    gaps = torch.cat([_relative_gaps(3, method, 180, seed=10), _relative_gaps(4, method, 30, seed=20)])
-    assert gaps.numel() == 210 and bool((gaps >= -1e-6).all())
-    assert float((gaps <= 0.05).float().mean()) >= 0.95, gaps.sort().values[-20:]
+    gaps = torch.cat(
+        [
+            _relative_gaps(3, 2, method, 100, seed=10),
+            _relative_gaps(3, 3, method, 60, seed=20),
+            _relative_gaps(4, 2, method, 30, seed=30),
+        ]
+    )
+    assert bool((gaps >= -1e-6).all())
+    assert float((gaps <= 0.02).float().mean()) >= 0.95, gaps.sort().values[-20:]
     if method == "auto":
         assert float(gaps.max()) <= 1e-5, "the row DP is exact"
-    random_gaps = _relative_gaps(3, None, 180, seed=10)
-    assert float((random_gaps <= 0.05).float().mean()) < 0.5, "the criterion must be able to fail"
+    random_gaps = _relative_gaps(3, 3, None, 60, seed=20)
+    assert float((random_gaps <= 0.02).float().mean()) < 0.2, "the criterion must be able to fail"
 
 
-def test_icm_on_larger_grids_is_close_to_the_exact_solver() -> None:
-    """On 8x8 grids the coarse-to-fine search loses little against the exact row DP (256 row states)."""
-    sa, sb, lam, boundary, _ = _random_instances(64, 8, seed=30)
-    weights = {"beta": 1.2, "gamma": 0.5, "eta": 0.2}
-    exact = solve_puzzle_mask(sa, sb, lam, boundary=boundary, method="exact", **weights)
-    approx = solve_puzzle_mask(sa, sb, lam, boundary=boundary, method="icm", **weights)
-    e_exact = puzzle_energy(exact, sa, sb, lam, boundary=boundary, **weights)
-    e_approx = puzzle_energy(approx, sa, sb, lam, boundary=boundary, **weights)
-    uniform = torch.minimum(
-        puzzle_energy(torch.ones_like(exact), sa, sb, lam, boundary=boundary, **weights),
-        puzzle_energy(torch.zeros_like(exact), sa, sb, lam, boundary=boundary, **weights),
-    )
-    assert bool((e_approx >= e_exact - 1e-6).all())
-    # the gain over the better uniform mask reaches at least 90% of the optimum's on average
-    assert float(((uniform - e_approx) / (uniform - e_exact).clamp_min(1e-9)).mean()) >= 0.9
+@pytest.mark.parametrize(("k", "n_labels"), [(8, 2), (5, 3)])
+def test_icm_on_larger_grids_is_close_to_the_exact_solver(k: int, n_labels: int) -> None:
+    """With the authors' weights the row/column search finds the exact optimum on most 8x8 and 5x5 instances."""
+    terms = _random_terms(64, k, n_labels, seed=40 + k, beta=1.2)
+    exact = mask_energy(solve_puzzle_mask(terms, "exact"), terms)
+    approx = mask_energy(solve_puzzle_mask(terms, "icm"), terms)
+    uniform = torch.stack([mask_energy(torch.full((64, k, k), j), terms) for j in range(n_labels)]).min(0).values
+    assert bool((approx >= exact - 1e-6).all())
+    assert float((approx <= exact + 1e-6).float().mean()) >= 0.75
+    # over the batch, the energy gained over the best uniform mask is at least 98% of the optimum's
+    assert float((uniform - approx).sum() / (uniform - exact).sum()) >= 0.98
 
 
 # ------------------------------------------------------------------ transport
 
 
-def _transport_instances(count: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = _generator(seed)
-    saliency = torch.rand(count, k, k, generator=g) ** 4
-    keep = torch.rand(count, k, k, generator=g) < 0.5
-    return saliency, keep
-
-
-@pytest.mark.parametrize(("size", "k", "radius"), [(16, 4, 1), (16, 8, 2), (28, 8, 2), (30, 7, 2)])
-def test_transport_is_a_shape_preserving_permutation_that_keeps_more_saliency(size: int, k: int, radius: int) -> None:
-    """Block moves form a permutation (of swaps) between blocks of one shape, and the kept saliency never drops."""
-    saliency, keep = _transport_instances(200, k, seed=k + size)
-    grid = block_grid(size, size, k, CPU)
-    moves = transport_blocks(saliency, keep, weight=0.3, radius=radius, shape_id=grid.shape_id)
-    index = torch.arange(k * k).expand_as(moves)
-    assert torch.equal(moves.sort(dim=1).values, index), "a permutation of the blocks"
-    assert torch.equal(moves.gather(1, moves), index), "made of swaps"
-    shapes = grid.shape_id.flatten()
-    assert torch.equal(shapes[moves], shapes.expand_as(moves)), "blocks move only into slots of their shape"
-    flat_s, flat_keep = saliency.flatten(1), keep.flatten(1).float()
-    before = (flat_s * flat_keep).sum(1)
-    after = (flat_s.gather(1, moves) * flat_keep).sum(1)
-    assert bool((after >= before - 1e-6).all())
-    assert bool((after > before + 1e-6).any()), "some sample should gain"
-    pixels = block_permutation_pixels(moves, grid)
-    assert torch.equal(pixels.sort(dim=1).values, torch.arange(size * size).expand_as(pixels)), (
-        "pixels are moved, not made"
+@pytest.mark.parametrize(("size", "counts"), [(16, 4), (16, 8), (28, 8), (30, 7)])
+def test_transport_moves_each_cell_at_most_once_within_its_shape(size: int, counts: int) -> None:
+    """Each source cell lands in at most one destination, of its own pixel shape; shown cells get content."""
+    g = _generator(size + counts)
+    saliency = torch.rand(200, counts * counts, generator=g) ** 4
+    saliency = saliency / saliency.sum(1, keepdim=True)
+    shown = torch.rand(200, counts * counts, generator=g) < 0.5
+    grid = block_grid(size, size, counts, CPU)
+    cost, blocked = transport_costs(grid)
+    plan = transport_plan(saliency, shown, cost, blocked, weight=0.3, iterations=counts)
+    placed = plan >= 0
+    assert bool(placed[shown].all()), "every shown cell receives content"
+    rows = torch.arange(200).unsqueeze(1).expand_as(plan)
+    used = torch.zeros(200, counts * counts, dtype=torch.long).index_put_(
+        (rows[placed], plan[placed]), torch.tensor(1), accumulate=True
     )
+    assert int(used.max()) <= 1, "no content is used twice"
+    shapes = grid.shape_id
+    assert torch.equal(shapes[plan[placed]], shapes.expand_as(plan)[placed]), "content keeps its pixel shape"
+    pixels = cell_pixels(plan, grid)
+    assert bool(((pixels >= 0) & (pixels < size * size)).all())
 
 
-def test_transport_lowers_the_transport_objective() -> None:
-    """``ξ * distance moved - kept saliency`` is never above that of leaving every block in place."""
-    k, weight = 6, 0.5
-    saliency, keep = _transport_instances(200, k, seed=40)
-    moves = transport_blocks(saliency, keep, weight=weight, radius=2)
-    s = saliency.flatten(1)
-    s = s * (k * k) / s.sum(1, keepdim=True)
-    rows, cols = torch.arange(k * k) // k, torch.arange(k * k) % k
-    distance = (rows[moves] - rows).abs() + (cols[moves] - cols).abs()
-    objective = weight * distance.sum(1) - (s.gather(1, moves) * keep.flatten(1)).sum(1)
-    identity = -(s * keep.flatten(1)).sum(1)
-    assert bool((objective <= identity + 1e-5).all())
+def test_transport_costs_forbid_moves_between_shapes() -> None:
+    """28 pixels in 8 cells alternate 4- and 3-pixel cells: moves between them are blocked."""
+    _, blocked = transport_costs(block_grid(28, 28, 8, CPU))
+    assert bool(blocked[0, 1]) and not bool(blocked[0, 2]) and not bool(blocked.diagonal().any())
 
 
-def test_no_transport_when_no_block_can_move() -> None:
-    """28x28 with 8 blocks alternates 4- and 3-pixel blocks: radius-1 swaps are impossible, nothing moves."""
-    saliency, keep = _transport_instances(10, 8, seed=50)
-    grid = block_grid(28, 28, 8, CPU)
-    moves = transport_blocks(saliency, keep, weight=0.0, radius=1, shape_id=grid.shape_id)
-    assert torch.equal(moves, torch.arange(64).expand(10, -1))
+# ------------------------------------------------------------------ the clean loss
+
+
+def test_clean_loss_is_kept_and_weighted() -> None:
+    """With ``clean_weight`` the batch keeps the context's clean loss (with its graph), scaled by 2 w / K."""
+    x, y = digits(32)
+    net = _warm_cnn()
+    mixer = PuzzleMix(clean_weight=0.5, blocks=(4,))
+    context = MixContext(mixer, net)(x, y)
+    mb = mixer(x, y, _generator(8), context=context)
+    outputs = mb.forward(net)
+    terms = mixer.loss_terms(mb, outputs)
+    assert set(terms) == {"clean"} and terms["clean"].requires_grad
+    torch.testing.assert_close(terms["clean"], context["clean_loss"] * (2 * 0.5 / 10))
+    assert PuzzleMix().loss_terms(mb, outputs) == {}, "clean_weight=0 adds nothing"
+    unkept = MixedBatch.unmixed(x, y)
+    assert mixer.loss_terms(unkept, outputs) == {}, "no clean loss in the batch: nothing to add"
 
 
 # ------------------------------------------------------------------ training
@@ -335,7 +346,7 @@ def test_no_transport_when_no_block_can_move() -> None:
 
 def test_trains_in_a_plain_loop() -> None:
     x, y = digits(512)
-    result = own_loop(PuzzleMix(), small_cnn(), x, y, steps=40)
+    result = own_loop(PuzzleMix(blocks=(2, 4, 8)), small_cnn(), x, y, steps=40)
     assert_trains(result)
 
 
@@ -360,6 +371,8 @@ def test_bad_saliency_and_inputs_are_refused() -> None:
         PuzzleMix()(x[:, :, 0], y, context={"saliency": torch.rand(8, 16)})
     with pytest.raises(MixlabValueError, match="at least 32x32"):
         PuzzleMix(blocks=(32,))(x, y, context={"saliency": torch.rand(8, 16, 16)})
+    with pytest.raises(MixlabValueError, match="input_std has 3 channels"):
+        PuzzleMix(input_std=(0.2, 0.2, 0.2))(x, y, context={"saliency": torch.rand(8, 16, 16)})
 
 
 @pytest.mark.parametrize(
@@ -375,11 +388,18 @@ def test_bad_saliency_and_inputs_are_refused() -> None:
         ({"blocks": ()}, MixlabValueError, "blocks"),
         ({"blocks": "48"}, MixlabValueError, "blocks"),
         ({"blocks": (2.5,)}, MixlabTypeError, "blocks"),
+        ({"n_labels": 1}, MixlabValueError, "n_labels"),
+        ({"n_labels": 5}, MixlabValueError, r"n_labels must be an int in \[2, 4\]; got 5"),
+        ({"n_labels": 2.5}, MixlabTypeError, "n_labels"),
+        ({"neighbour_size": 0}, MixlabValueError, "neighbour_size"),
+        ({"transport_size": 0}, MixlabValueError, "transport_size"),
+        ({"input_std": -1.0}, MixlabValueError, "input_std"),
+        ({"input_std": 0.0}, MixlabValueError, "input_std must be positive"),
+        ({"input_std": ()}, MixlabValueError, "input_std"),
+        ({"clean_weight": -1.0}, MixlabValueError, "clean_weight"),
         ({"transport": "yes"}, MixlabTypeError, "transport"),
-        ({"transport_radius": 0}, MixlabValueError, "transport_radius"),
-        ({"transport_rounds": 0}, MixlabValueError, "transport_rounds"),
         ({"solver": "graphcut"}, MixlabValueError, "solver"),
-        ({"solver": "exact", "blocks": (16,)}, MixlabValueError, "exact"),
+        ({"solver": "exact"}, MixlabValueError, "exact"),  # 3 labels on 16 blocks: 3**16 row labellings
         ({"model": "cnn"}, MixlabTypeError, "model"),
     ],
 )
@@ -389,6 +409,7 @@ def test_bad_options_are_refused_at_construction(options: dict, error: type, mat
 
 
 def test_exact_solver_refuses_large_grids() -> None:
-    sa = torch.full((1, 11, 11), 1.0 / 121)
+    s = torch.full((1, 6, 6), 1.0 / 36)
+    terms = mask_energy_terms(s, s, 0.5, beta=1.0, eta=0.0, n_labels=3)  # 3**6 = 729 row labellings
     with pytest.raises(MixlabValueError, match="exact"):
-        solve_puzzle_mask(sa, sa, 0.5, beta=1.0, eta=0.0, method="exact")
+        solve_puzzle_mask(terms, "exact")
