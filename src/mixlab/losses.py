@@ -238,10 +238,11 @@ def decoupled_mixup_loss(
 
     Where mixlab departs from that code, on purpose:
 
-    - the code attaches ``eta * λ^q`` to the mixed class with the *lower class index*
-      in the batch's first row, not to class ``a``: for about half the batches the two
-      weights are swapped (a bug; over batches it averages to ``eta/2`` per class when
-      ``q = 1``). mixlab weighs each class by its own ratio, per sample.
+    - the code orders the two weights by class index in the batch's first row: it
+      gives ``eta * λ^q`` to class ``a`` only when ``y_a < y_b`` there, otherwise (for
+      the whole batch) to class ``b``, and ``eta * (1-λ)^q`` to ``a``. For about half
+      the batches the weights are swapped (a bug; averaged over batches each class gets
+      ``eta/2`` when ``q = 1``). mixlab weighs each class by its own ratio, per sample.
     - the code skips the decoupled term for the whole batch when λ = 0.5 exactly (its
       masking cannot tell the two classes apart); mixlab applies it.
     - with label smoothing the code's decoupled target becomes all ones; mixlab keeps
