@@ -186,7 +186,8 @@ def test_block_counts_with_blocks_under_two_pixels_are_skipped() -> None:
     x, y = digits(8, size=16)
     mixer = PuzzleMix()
     drawn = {
-        mixer.sample(x, y, _generator(s), context={"saliency": torch.rand(8, 16, 16)}).extra["blocks"] for s in range(30)
+        mixer.sample(x, y, _generator(s), context={"saliency": torch.rand(8, 16, 16)}).extra["blocks"]
+        for s in range(30)
     }
     assert drawn == {(2, 2), (4, 4), (8, 8)}
 
