@@ -50,7 +50,7 @@ def test_defaults_are_the_authors_cifar_command() -> None:
 
 
 def test_smoothness_is_beta_over_16k_per_edge() -> None:
-    """``beta = beta / block_num / 16``: each cut edge costs β/(16k); a straight cut across the image β/16 on any grid."""
+    """``beta = beta / block_num / 16``: a cut edge costs β/(16k); a straight cut across the image β/16 on any k."""
     for k in (2, 4, 8):
         zero = torch.zeros(1, k, k)
         left = torch.zeros(1, k, k)
@@ -70,7 +70,8 @@ def test_smoothness_is_beta_over_16k_per_edge() -> None:
 
 
 def test_label_prior_is_the_binomial_of_the_mask_value() -> None:
-    """``graphcut_multi``: -log(α + eps), -log(1 - α + eps) for 2 labels; α², 2α(1-α), (1-α)² for 3; 4: α³, 3α²(1-α), ..."""
+    """``graphcut_multi``: -log(P + eps) with P = α, 1 - α (2 labels); α², 2α(1-α), (1-α)² (3);
+    α³, 3α²(1-α), 3α(1-α)², (1-α)³ (4); the authors' label 0 is mask 1."""
     lam = 0.3
     expected = {
         2: [1 - lam, lam],
@@ -106,7 +107,8 @@ def test_three_label_unary_costs_by_hand() -> None:
 
 def test_local_statistics_split_as_the_authors_do() -> None:
     """Edge (p, q), labels (u, v), φ scaled by β'γ: p gets (φ(u,0)+φ(u,1))/2, q (φ(0,v)+φ(1,v))/2, and
-    w (m_p - m_q)² with w = (φ(1,0)+φ(0,1)-φ(0,0)-φ(1,1))/2 added to β'. On binary labels that is φ(u, v) + const."""
+    w (m_p - m_q)² with w = (φ(1,0)+φ(0,1)-φ(0,0)-φ(1,1))/2 added to β'. On binary labels: φ(u, v) + const.
+    """
     g = torch.Generator().manual_seed(0)
     zero = torch.zeros(1, 1, 2)  # one row of two blocks: a single right edge
     phi = torch.rand(1, 2, 2, 1, 1, generator=g)
@@ -179,7 +181,7 @@ def test_transport_cost_matrix_by_hand() -> None:
 
 
 def test_transport_grid_is_t_size_pixels_never_larger_than_the_blocks() -> None:
-    """``t_size = min(t_size, block_size)``, ``t_block_num = width // t_size``: on CIFAR 8x8 cells, 16x16 for 16 blocks."""
+    """``t_size = min(t_size, block_size)``, ``t_block_num = width // t_size``: 8x8 cells on CIFAR, 16x16 for k=16."""
     assert [transport_cells(32, 32, (k, k), 4) for k in (2, 4, 8, 16)] == [(8, 8), (8, 8), (8, 8), (16, 16)]
     assert transport_cells(64, 64, (4, 4), 4) == (16, 16)  # Tiny-ImageNet
     assert transport_cells(32, 32, (4, 4), None) == (4, 4)  # t_size = -1: the mask's blocks
@@ -216,7 +218,7 @@ def test_transport_tiny_case_by_hand() -> None:
 
 
 def test_transport_is_the_authors_algorithm_on_random_cases() -> None:
-    """The winner of every cell equals that of the dense transcription of ``mask_transport`` (n_iter = cells per side)."""
+    """Every cell's winner equals that of the dense transcription of ``mask_transport`` (n_iter = cells per side)."""
     g = torch.Generator().manual_seed(3)
     for side in (2, 4, 8):
         cost, _ = transport_costs(block_grid(side * 2, side * 2, side, CPU))

@@ -193,7 +193,7 @@ def boundary_costs(
         input_std: ``(C,)`` the per-channel scale the inputs were divided by, or ``None``.
 
     Example:
-        >>> x = torch.zeros(2, 1, 4, 4); x[0, ..., 2:] = 1.0; x[1] = 1.0  # sample 0 has an edge between the block columns
+        >>> x = torch.zeros(2, 1, 4, 4); x[0, ..., 2:] = 1.0; x[1] = 1.0  # sample 0: an edge between block columns
         >>> costs = boundary_costs(x, torch.tensor([1, 0]), block_grid(4, 4, 2, torch.device("cpu")))
         >>> costs.right[0, :, :, 0, 0]  # [u, v]: 0 is the all-ones partner, 1 is x[0]
         tensor([[0., 0.],
@@ -690,8 +690,9 @@ class PuzzleMix(Mixer):
 
     Per batch a grid of ``k x k`` blocks is drawn from ``blocks``, skipping
     the counts whose blocks would be smaller than 2 pixels (the authors'
-    smallest: 16 blocks on CIFAR's 32x32; on 28x28 images 16 is skipped). The saliency (``context["saliency"]``:
-    the channel RMS of the input gradient of the clean loss, computed by
+    smallest: 16 blocks on CIFAR's 32x32; on 28x28 images 16 is skipped).
+    The saliency (``context["saliency"]``: the channel RMS of the input
+    gradient of the clean loss, computed by
     :class:`~mixlab.methods.context.MixContext`) is summed per block and
     normalised per sample. The block mask minimises the energy of
     :func:`mask_energy_terms` (saliency lost, smoothness ``β/(16k)``, local
@@ -732,6 +733,9 @@ class PuzzleMix(Mixer):
     - The local-statistics term compares the inputs as given unless
       ``input_std`` says how they were normalised (the authors compare pixels
       in [0, 1]).
+    - The saliency pass (``clean_weight=0``): the authors run it in eval mode
+      (BatchNorm running statistics, no dropout); ``MixContext`` runs it in
+      the model's own mode with its buffers restored afterwards.
     - No adversarial perturbation (``adv_p``): the CIFAR command does not use
       it, and it needs the signed input gradient, which the context does not keep.
 
@@ -743,7 +747,8 @@ class PuzzleMix(Mixer):
         n_labels: mask values per block: 2 (``{0, 1}``), 3 (adds ``1/2``; default) or 4.
         neighbour_size: the pixels averaged across each boundary by the local-statistics term (``neigh_size``).
         transport: move salient content into the shown region.
-        transport_weight: ``ξ``, the cost of moving content across the whole image (``t_eps``), >= 0.
+        transport_weight: ``ξ`` (``t_eps``), >= 0: the cost of moving content by the whole image side
+            (squared distances, 2 from corner to corner), against the moved cell's saliency share.
         transport_size: the transport cell size in pixels (``t_size``); ``None``: the mask's blocks.
         input_std: the per-channel standard deviation the inputs were divided by (one float or one per
             channel), so that the local-statistics term sees pixel-scale differences; ``None``: as given.
@@ -855,7 +860,7 @@ class PuzzleMix(Mixer):
         return {"clean": clean * (2.0 * self.clean_weight / outputs.shape[-1])}
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
-        """Mix as ``params`` say; with ``clean_weight > 0`` the batch keeps ``context["clean_loss"]`` for :meth:`loss_terms`."""
+        """Mix as ``params`` say; with ``clean_weight > 0`` the batch keeps ``context["clean_loss"]``."""
         mb = super().apply(x, y, params, context=context)
         clean = (context or {}).get(CLEAN_LOSS)
         if self.clean_weight > 0 and clean is not None:
