@@ -259,7 +259,7 @@ def test_resizemix_pastes_the_resized_partner() -> None:
 
 def test_random_choice_per_sample_uses_each_chosen_method() -> None:
     x, y = torch.randn(32, 2, 8, 8), torch.arange(32) % NUM_CLASSES
-    mixer = mixlab.RandomChoice([mixlab.Mixup(lam=0.3), mixlab.CutMix(lam=0.5)], weights=[1, 1], mode="sample")
+    mixer = mixlab.RandomChoice([mixlab.Mixup(lam=0.3), mixlab.CutMix(lam=0.5, p=1.0)], weights=[1, 1], mode="sample")
     params = mixer.sample(x, y, torch.Generator().manual_seed(0))
     mb = mixer.apply(x, y, params)
     choice = params.extra["choice"]

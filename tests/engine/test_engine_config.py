@@ -147,3 +147,41 @@ def test_schedules_compose():
         [ScheduleConfig(kind="warmup", options={"epochs": 1}), ScheduleConfig(kind="stop_after", options={"epochs": 3})]
     )
     assert [schedule.active(0, e) for e in range(5)] == [False, True, True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("loss", "options", "match"),
+    [
+        ("regmixup", {"scaling": "half"}, r"scaling for 'regmixup' 'half'; known: code, paper"),
+        ("decoupled", {"classes": "all"}, r"classes for 'decoupled' 'all'; known: both, larger, smaller"),
+        ("bce", {"class_reduction": "max"}, r"class_reduction for 'bce' 'max'; known: mean, sum"),
+    ],
+)
+def test_loss_option_values_are_refused_before_training(loss, options, match):
+    from mixlab.engine.config import MixConfig
+
+    with pytest.raises(ValueError, match=match):
+        MixConfig(method="mixup", loss=loss, loss_options=options)
+
+
+def test_rankmixup_runs_clean_and_mixed_in_separate_passes_regmixup_in_one():
+    import torch
+
+    from mixlab import MixedBatch
+    from mixlab.engine.builders import build_objective
+    from mixlab.engine.config import MixConfig
+
+    calls = []
+
+    class Counting(torch.nn.Linear):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    net, x, y = Counting(3, 2), torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    mb = MixedBatch(x.flip(0), y, y.flip(0), torch.full((4,), 0.7), torch.tensor([3, 2, 1, 0]))
+    build_objective(MixConfig(method="mixup", loss="rankmixup"), "classification")(net, x, y, mb)
+    assert calls == [4, 4]
+    calls.clear()
+    build_objective(MixConfig(method="mixup", loss="regmixup"), "classification")(net, x, y, mb)
+    assert calls == [8]

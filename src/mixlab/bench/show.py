@@ -273,11 +273,11 @@ def build_display_mixer(
     if method not in list_mixers():
         raise UnknownNameError("mixer", method, [NO_MIXING, *list_mixers()])
     if model is None:
-        return create_mixer(method, **{"seed": seed, **options})
+        return create_mixer(method, **{"seed": seed, "p": 1.0, **options})  # the gallery always shows a mix
     from mixlab.engine.builders import build_mixer
     from mixlab.engine.config import MixConfig
 
-    return build_mixer(MixConfig(method=method, options=dict(options)), model, seed=seed)
+    return build_mixer(MixConfig(method=method, options={"p": 1.0, **options}), model, seed=seed)
 
 
 def check_display_method(method: str, options: Mapping[str, Any], seed: int) -> None:

@@ -101,9 +101,11 @@ def build_objective(mix: MixConfig, task: str) -> Objective:
 
         return objective
 
-    def with_clean(loss_fn: Callable[..., Tensor]) -> Objective:
+    def with_clean(loss_fn: Callable[..., Tensor], *, one_pass: bool) -> Objective:
+        # one_pass: clean and mixed through the model together (RegMixup's code concatenates them); RankMixup's
+        # code runs two forward passes, so each keeps its own BatchNorm batch statistics.
         def objective(model: nn.Module, x: Tensor, y: Tensor, mb: MixedBatch) -> tuple[Tensor, Tensor]:
-            if mb.forward_fn is None:
+            if one_pass and mb.forward_fn is None:
                 clean, mixed = model(torch.cat([x, mb.inputs])).split(x.shape[0])
             else:
                 clean, mixed = model(x), mb.forward(model)
@@ -120,9 +122,13 @@ def build_objective(mix: MixConfig, task: str) -> Objective:
     if mix.loss == "decoupled":
         return single(lambda out, mb: losses.decoupled_mixup_loss(out, mb, smoothing=smoothing, **options))
     if mix.loss == "regmixup":
-        return with_clean(lambda c, m, y, mb: losses.regmixup_loss(c, m, y, mb, smoothing=smoothing, **options))
+        return with_clean(
+            lambda c, m, y, mb: losses.regmixup_loss(c, m, y, mb, smoothing=smoothing, **options), one_pass=True
+        )
     if mix.loss == "rankmixup":
-        return with_clean(lambda c, m, y, mb: losses.rankmixup_loss(c, m, y, mb, smoothing=smoothing, **options))
+        return with_clean(
+            lambda c, m, y, mb: losses.rankmixup_loss(c, m, y, mb, smoothing=smoothing, **options), one_pass=False
+        )
     return single(_mse)
 
 
@@ -134,13 +140,21 @@ def _mse(outputs: Tensor, mb: MixedBatch) -> Tensor:
 _LOSS_OPTIONS = {
     "ce": (),
     "mse": (),
-    "bce": ("target_threshold",),
+    "bce": ("target_threshold", "class_reduction"),
     "bce_softmax": (),
-    "decoupled": ("eta", "lam_power"),
+    "decoupled": ("eta", "lam_power", "classes"),
     "regmixup": ("eta", "scaling"),
     "rankmixup": ("mode", "eta", "margin", "score"),
 }
 
+
+#: loss options that take one of a few names.
+_LOSS_CHOICES = {
+    ("regmixup", "scaling"): losses.REGMIXUP_SCALINGS,
+    ("decoupled", "classes"): losses.DECOUPLED_CLASSES,
+    ("bce", "class_reduction"): losses.BCE_CLASS_REDUCTIONS,
+    ("rankmixup", "score"): losses.RANK_SCORES,
+}
 
 #: losses defined for two mixed sources only (they read target_a, target_b and lam).
 TWO_SOURCE_LOSSES = ("decoupled", "rankmixup")
@@ -163,8 +177,9 @@ def check_loss_options(loss: str, options: dict[str, Any], mixer: Mixer | None =
     if loss == "rankmixup" and options.get("mode", "mrl") != "mrl":
         # M-NDCG ranks several mixed batches per clean one; the loop mixes each batch once
         raise MixlabValueError(f"the engine trains RankMixup in mode 'mrl'; got mode={options['mode']!r}")
-    if loss == "regmixup" and "scaling" in options:
-        check_choice("mix.loss_options.scaling for 'regmixup'", options["scaling"], losses.REGMIXUP_SCALINGS)
+    for option, value in options.items():
+        if (loss, option) in _LOSS_CHOICES:
+            check_choice(f"mix.loss_options.{option} for {loss!r}", value, _LOSS_CHOICES[loss, option])
     sources = getattr(mixer, "num_sources", 2)
     if loss in TWO_SOURCE_LOSSES and sources > 2:
         raise MixlabValueError(

@@ -234,11 +234,13 @@ def _build(spec: MixerSpec) -> Mixer:
 
     if isinstance(spec, Mixer):
         return spec
+    # The composition owns the mixing probability: a member named without p always mixes when chosen
+    # (CutMix's own default, p = 0.5 as its authors train CIFAR, would silently halve its share).
     if isinstance(spec, str):
-        return create_mixer(spec)
+        return create_mixer(spec, p=1.0)
     if isinstance(spec, Mapping) and "name" in spec:
         params = dict(spec)
-        return create_mixer(params.pop("name"), **params)
+        return create_mixer(params.pop("name"), **{"p": 1.0, **params})
     raise MixlabTypeError(f"each mixer must be a Mixer, a name or a dict with 'name'; got {spec!r}")
 
 
