@@ -252,3 +252,38 @@ def test_clean_loss_scale_is_twice_clean_lam_over_num_classes(classes: int) -> N
     mb.aux["puzzlemix_clean_loss"] = torch.tensor(2.5)
     terms = PuzzleMix(clean_weight=1.0).loss_terms(mb, torch.zeros(2, classes))
     torch.testing.assert_close(terms["clean"], torch.tensor(2 * 1.0 * 2.5 / classes))
+
+
+def test_mixing_after_the_mask_is_the_authors_transport_and_blend() -> None:
+    """Given the block mask, the output is ``mask * T(x) + (1 - mask) * T(x[perm])`` as in ``mixup_graph``: the mask
+    nearest-upsampled to 4-pixel cells, each source's cell saliency ``avg_pool(grad, 4)`` normalised, the plans of
+    ``mask_transport(mask, ·)`` and ``mask_transport(1 - mask, ·)``, and ``transport_image`` moving whole cells."""
+    g = torch.Generator().manual_seed(4)
+    n, size = 6, 32
+    x = torch.rand(n, 3, size, size, generator=g)
+    y = torch.arange(n)
+    # saliency constant on 4-pixel cells and peaked, so that the mask takes all three labels and cells move
+    saliency = F.interpolate(torch.rand(n, 1, 8, 8, generator=g) ** 4, size=size, mode="nearest").squeeze(1)
+    mixer = PuzzleMix(blocks=(4,), lam=0.4)  # 8-pixel blocks, 4-pixel transport cells: an 8x8 cell grid
+    params = mixer.sample(x, y, g, context={"saliency": saliency})
+    mb = mixer.apply(x, y, params)
+    perm = params.perm
+    cell_mask = F.interpolate(params.extra["block_mask"].unsqueeze(1), size=8, mode="nearest").flatten(1)
+    pooled = F.avg_pool2d(saliency.unsqueeze(1), 4).flatten(1)
+    pooled = pooled / pooled.sum(1, keepdim=True)
+    cost, _ = transport_costs(block_grid(size, size, 8, CPU))
+    plan_a = _authors_transport(pooled, cell_mask > 0, cost, 0.8, 8)
+    plan_b = _authors_transport(pooled[perm], (1 - cell_mask) > 0, cost, 0.8, 8)
+
+    def transport_image(images: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+        cells = images.unfold(2, 4, 4).unfold(3, 4, 4).reshape(n, 3, 64, 4, 4)  # row-major 4x4-pixel cells
+        moved = torch.einsum("nij,ncipq->ncjpq", plan, cells).reshape(n, 3, 8, 8, 4, 4)
+        return moved.permute(0, 1, 2, 4, 3, 5).reshape(n, 3, size, size)
+
+    shown_moves = (plan_a.argmax(1) != torch.arange(64)) & (cell_mask > 0)
+    labels = params.extra["block_mask"]
+    assert bool(shown_moves.any()) and all(bool((labels == v).any()) for v in (0.0, 0.5, 1.0)), "moves, three labels"
+    mask = F.interpolate(params.extra["block_mask"].unsqueeze(1), size=size, mode="nearest")
+    expected = mask * transport_image(x, plan_a) + (1 - mask) * transport_image(x[perm], plan_b)
+    torch.testing.assert_close(mb.inputs, expected)
+    torch.testing.assert_close(mb.lam, mask.flatten(1).mean(1))
