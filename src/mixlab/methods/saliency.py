@@ -328,6 +328,12 @@ class SaliencyMix(CutMix):
     (``--beta 1.0``) and ``p=0.5`` (``--salmix_prob 0.5``, drawn once per batch in
     ``lam_mode="batch"``). Uddin, Monira, Shin, Chung and Bae, ICLR 2021, arXiv 2006.01791.
 
+    Where this departs from the authors' scripts: they hand OpenCV the normalised float32
+    tensor (RGB, read as BGR), and OpenCV's implementation reads the pixels of its grey
+    image as 8-bit values (``gray.at<uchar>``), that is the bytes of the floats; the peaks
+    behind the published numbers therefore did not follow the image content. Here the
+    saliency is that of the image itself, as the paper describes (BT.601 luma of RGB).
+
     Args:
         saliency: ``"fine_grained"`` (default, the authors') or ``"spectral_residual"``.
         reference: where the boxes go in ``lam_mode="batch"``. ``"code"`` (default; the
