@@ -42,7 +42,7 @@ def test_label_weight_of_a_box_by_hand() -> None:
     area_lam = torch.tensor([1 - lam0])
     torch.testing.assert_close(transmix_lambda(attention, weight, area_lam), torch.tensor([1 - partner]))
     torch.testing.assert_close(transmix_lambda(attention, weight, area_lam), torch.tensor([0.65625]))
-    # the formula of Sec. 3.2 alone
+    # the formula of Sec. 3 alone
     torch.testing.assert_close(
         transmix_lambda(attention, weight, area_lam, lam_rule="attention"), torch.tensor([1 - lam1])
     )

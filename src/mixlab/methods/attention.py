@@ -70,7 +70,7 @@ def build_base_mixer(
 
 #: How TransMix turns the attention into the label weight: ``"mean"`` averages the area ratio and the attention
 #: share (the authors' code and Sec. 4.1 of the paper), ``"attention"`` takes the attention share alone (the formula
-#: of Sec. 3.2).
+#: of Sec. 3).
 LAM_RULES = ("mean", "attention")
 
 
@@ -96,7 +96,7 @@ def patch_mask(weight: Tensor, num_patches: int) -> Tensor:
     mask's value at pixel ``(floor(r * H / gh), floor(c * W / gw))``, the patch's
     top-left pixel when the grid divides the image. A binary mask gives a binary
     patch mask: a patch counts wholly for the image its sampled pixel comes from.
-    Chen et al., CVPR 2022, arXiv 2111.09833 (the ``↓(M)`` of Sec. 3.2).
+    Chen et al., CVPR 2022, arXiv 2111.09833 (the ``↓(M)`` of Sec. 3).
 
     Example:
         >>> w = torch.ones(1, 1, 4, 4); w[..., :1, :3] = 0.0  # the partner's box: row 0, columns 0-2
@@ -148,7 +148,7 @@ def transmix_lambda(
     ``"mean"`` is what the authors' code computes (``lam = (lam0 + lam1) / 2`` in
     ``transmix_label``) and what Sec. 4.1 of the paper states ("the label assignment is
     the mean of both methods"; confirmed by the authors in Beckschen/TransMix issue #7);
-    ``"attention"`` is the formula of Sec. 3.2 alone. ``area_lam`` is the share of
+    ``"attention"`` is the formula of Sec. 3 alone. ``area_lam`` is the share of
     ``x_i``'s pixels (the base mixer's exact mask mean). Chen et al., CVPR 2022, arXiv 2111.09833.
 
     Example:
@@ -177,7 +177,7 @@ class TransMix(RelabellingMixer):
     (``transmix_label``: ``lam = (lam0 + lam1) / 2``), stated in Sec. 4.1 of the paper
     and confirmed by the authors (Beckschen/TransMix issue #7); the published results
     come from it. ``lam_rule="attention"`` uses ``λ_attention`` alone, the formula of
-    Sec. 3.2. The new ``lam`` is detached (no gradient flows through the label) and
+    Sec. 3. The new ``lam`` is detached (no gradient flows through the label) and
     written into ``mb.lam`` by :meth:`MixedBatch.forward`, so run the model with
     ``mb.forward(model)``; losses read ``mb.lam`` afterwards. Until then ``mb.lam`` is
     the base's area ratio. No extra forward pass. Defaults ``alpha=1`` and ``p=1``
@@ -192,7 +192,7 @@ class TransMix(RelabellingMixer):
         base_options: the base's own options (e.g. ``{"decay_power": 3.0}``); α, ``p`` and
             the other mixer arguments are given to TransMix itself.
         lam_rule: ``"mean"`` (default: the authors' code and Sec. 4.1) or ``"attention"``
-            (the attention share alone, Sec. 3.2).
+            (the attention share alone, Sec. 3).
         model: a ViT exposing ``attention_layers`` (such as ``vit_tiny``), to check at
             once; otherwise it is taken from ``context["model"]``.
         layer: the attention module to read (default: the model's last ``attention_layers`` entry).
