@@ -232,7 +232,9 @@ class Trainer:
         if self.mixer is None:
             mb = MixedBatch.unmixed(x, y)
         else:
-            mb = self.mixer(x, y, mix_gen, step=self.state.step, epoch=epoch, context=self._mix_context(x, y, epoch))
+            context = self._mix_context(x, y, epoch)
+            with self._autocast():  # learned mixers run networks while mixing
+                mb = self.mixer(x, y, mix_gen, step=self.state.step, epoch=epoch, context=context)
         with self._autocast():
             loss, outputs = self.objective(self.model, x, y, mb)
             if self.mixer is not None:

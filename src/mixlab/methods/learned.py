@@ -248,7 +248,9 @@ class _Generated:
 
     def target(self, rows: int) -> MixedBatch:
         """The labels of the generator's first ``rows`` samples."""
-        return MixedBatch.from_sources(self.mixed[:rows], self.y, self.sources[:rows], self.weights[:rows])
+        return MixedBatch.from_sources(
+            self.mixed[:rows], self.y, self.sources[:rows], self.weights[:rows], check_weights=False
+        )
 
 
 class _LearnedMaskMixer(Mixer):
@@ -498,7 +500,7 @@ class _LearnedMaskMixer(Mixer):
         inputs = _combine(x, sources, mask)
         if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        mb = MixedBatch.from_sources(inputs, y, sources, weights, mask=mask[:, :1].to(x.dtype))
+        mb = MixedBatch.from_sources(inputs, y, sources, weights, mask=mask[:, :1].to(x.dtype), check_weights=False)
         mb.aux[AUX_KEY] = generated
         self._complete(mb, generated, x, y, clean)
         return mb
@@ -1020,7 +1022,9 @@ class AdAutoMix(_LearnedMaskMixer):
             linear = None
             if self._linear_share > 0:
                 linear = _combine(x, mb.sources, mb.weights.view(*mb.weights.shape, *([1] * (x.ndim - 2))))
-                generated.linear_target = MixedBatch.from_sources(linear, y, mb.sources, mb.weights)
+                generated.linear_target = MixedBatch.from_sources(
+                    linear, y, mb.sources, mb.weights, check_weights=False
+                )
             mb.forward_fn = _WithClean(x, generated, linear)
 
     def loss_terms(self, mb: MixedBatch, outputs: Tensor) -> dict[str, Tensor]:
