@@ -114,6 +114,24 @@ def test_sinkhorn_follows_the_authors_iteration_and_stopping_rule() -> None:
     )
 
 
+def test_sinkhorn_matches_the_authors_iteration_on_costs_far_above_epsilon() -> None:
+    # Raw squared distances of 512-channel maps run to the hundreds, 1000s of epsilons: exp(-C/eps)
+    # underflows in float32, so the first steps run in the log domain; the plan still follows the authors'.
+    cost = 100 * torch.tensor(
+        [
+            [[0.0, 3.0, 4.5, 1.0], [2.0, 0.5, 3.5, 4.0], [1.5, 2.5, 0.2, 3.0], [4.0, 1.0, 2.0, 0.7]],
+            [[2.2, 0.4, 1.0, 3.3], [0.9, 2.8, 3.1, 0.6], [3.4, 1.7, 0.8, 2.5], [1.2, 3.6, 2.4, 1.9]],
+        ]
+    )
+    assert float(torch.exp(-cost / 0.1).sum(dim=2).amin()) == 0.0  # the kernel underflows entirely
+    expected, _ = hand_sinkhorn(cost)
+    # float32 resolves C / eps (up to 4500) to 5e-4, so entries (up to 1/4) agree to about 1e-4.
+    torch.testing.assert_close(sinkhorn_plan(cost).double(), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        sinkhorn_plan(cost, stop_threshold=0).double(), hand_sinkhorn(cost, thresh=0)[0], atol=1e-4, rtol=0
+    )
+
+
 @pytest.mark.parametrize("to_partner", [False, True])
 def test_aligned_features_of_one_pair_by_hand(to_partner: bool) -> None:
     lam, r = 0.3, 4

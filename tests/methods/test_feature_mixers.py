@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from mixer_checks import assert_trains, assert_mixer_contract, digits, own_loop, small_cnn, snapshot
 from torch import nn
 
+from mixer_checks import assert_mixer_contract, assert_trains, digits, own_loop, small_cnn, snapshot
 from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError
 from mixlab.methods.context import MixContext
 from mixlab.methods.feature import (
