@@ -228,7 +228,7 @@ def test_saliencymix_box_contains_the_partner_peak(lam_mode: str) -> None:
     for i in range(8):  # one bright spot per image, at different places
         r, c = 3 + (5 * i) % 18, 2 + (7 * i) % 20
         x[i, :, r : r + 2, c : c + 2] = 1.0
-    mb = mixlab.SaliencyMix(alpha=1.0, lam_mode=lam_mode)(
+    mb = mixlab.SaliencyMix(alpha=1.0, lam_mode=lam_mode, p=1.0, reference="paper")(
         x, torch.arange(8), generator=torch.Generator().manual_seed(1)
     )
     peaks = saliency_peaks(x)[mb.perm]
