@@ -463,7 +463,7 @@ def sinkhorn_plan(cost: Tensor, epsilon: float = 0.1, iterations: int = 100, sto
     with torch.autocast(cost.device.type, enabled=False):
         scaled = cost.detach().float() / epsilon
         batch, n, m = scaled.shape
-        # Potentials in units of epsilon: f = u / epsilon, g = v / epsilon of the equations above.
+        # The potentials f, g above, kept in units of epsilon (divided by it), as is the stopping limit.
         state = _SinkhornState(scaled, scaled.new_zeros(batch, n, 1), scaled.new_zeros(batch, 1, m))
         limit = stop_threshold / epsilon
         while state.done < iterations and not state.stopped:
