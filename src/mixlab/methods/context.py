@@ -198,18 +198,27 @@ class MixContext:
 def input_saliency(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """``(N, *spatial)`` saliency: the channel-wise RMS of the input gradient of the clean cross-entropy.
 
-    Only the input's gradient is computed (no parameter gradients), and the
-    model's buffers (BatchNorm statistics) are left as they were. Kim et al.,
-    ICML 2020, arXiv 2009.06962, Sec. 3.
+    The model runs in eval mode (BatchNorm's running statistics, no dropout), as
+    the PuzzleMix and Co-Mixup code computes the saliency when no clean loss is
+    trained (``clean_lam = 0``), and is put back in its mode afterwards. Only the
+    input's gradient is computed (no parameter gradients) and the buffers are left
+    as they were. Kim et al., ICML 2020, arXiv 2009.06962, Sec. 3.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 16, 3))
         >>> input_saliency(net, torch.randn(2, 1, 4, 4), torch.tensor([0, 1])).shape
         torch.Size([2, 4, 4])
+        >>> net.training
+        True
     """
-    with torch.enable_grad(), frozen_buffers(model):
-        inputs = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(_clean_loss(model, inputs, y), inputs)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.enable_grad(), frozen_buffers(model):
+            inputs = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(_clean_loss(model, inputs, y), inputs)
+    finally:
+        model.train(was_training)
     return _reduce_channels(grad)
 
 
