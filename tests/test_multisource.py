@@ -126,14 +126,3 @@ def test_from_sources_refuses_bad_shapes_and_weights(sources, weights, match):
     with pytest.raises(ValueError, match=match):
         MixedBatch.from_sources(torch.zeros(4, 2), Y, sources, weights)
 
-
-def test_input_saliency_runs_in_eval_mode_and_restores_the_mode():
-    from mixlab.methods.context import input_saliency
-
-    seen = []
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(4, 3))
-    net[1].register_forward_hook(lambda module, args, out: seen.append(module.training))
-    x = torch.ones(2, 1, 2, 2)
-    first, second = input_saliency(net, x, torch.tensor([0, 1])), input_saliency(net, x, torch.tensor([0, 1]))
-    assert seen == [False, False] and net.training
-    assert torch.equal(first, second)  # no dropout: the same saliency twice
