@@ -21,6 +21,8 @@ from mixlab.losses import bce_softmax, mixed_bce, mixed_cross_entropy
 from mixlab.models import create_model
 
 NUM_CLASSES = 10
+# AttentiveMix warns once that the model being trained is its attention source (tested in its fidelity file).
+pytestmark = pytest.mark.filterwarnings("ignore:attentivemix takes its attention:UserWarning")
 
 
 @dataclass
