@@ -304,7 +304,9 @@ class CMixupPairing(PairSampler):
     Beta it is distributed as the first, which is how the authors' PovertyMap
     script mixes both ways). Batches drawn any other way are refused only when
     the pairing is unfitted or the batch is odd: give dataset-scope C-Mixup
-    batches from those helpers.
+    batches from those helpers. The authors' tabular ``train`` forms and trains
+    on the anchors' mixes only: :func:`mixlab.data.pairs.anchor_mixes` keeps
+    them, and ``mixlab train`` fits, loads and trains this way by itself.
 
     ``scope="batch"`` normalises the kernel over the batch instead (no fit, any
     loader): cheaper, but with small batches partners are far apart and
@@ -312,9 +314,12 @@ class CMixupPairing(PairSampler):
     close to it but draws from the batch plus as many random samples.
 
     Args:
-        sigma: the kernel bandwidth, in the targets' units (the authors' ``--kde_bandwidth``:
-            1.0 by default; 1.75 Airfoil, 1.2 NO2, 0.05 exchange rate, 0.5 electricity,
-            4.0 crime, 1.0 SkillCraft, 0.2 RCF-MNIST in their README).
+        sigma: the kernel bandwidth, in the units of the targets given to :meth:`fit` (the
+            authors' ``--kde_bandwidth``: 1.0 by default; 1.75 Airfoil, 1.2 NO2, 0.05 exchange
+            rate, 0.5 electricity, 4.0 crime, 1.0 SkillCraft, 0.2 RCF-MNIST in their README, each
+            on its data's own target scale: raw decibels for Airfoil). ``mixlab train`` standardises
+            regression targets and fits on them, so there ``sigma`` is in standard deviations of
+            the training targets.
         exclude_self: drop ``j = i`` from the candidates. The authors' tabular code keeps
             it (``self_rate`` is the diagonal of the rate matrix); their PovertyMap script
             redraws it, which is this option.

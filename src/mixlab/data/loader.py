@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from mixlab.errors import MixlabTypeError, check_int
+from mixlab.errors import MixlabTypeError, MixlabValueError, check_int
 from mixlab.sampling import derive_seed
 
 
@@ -132,6 +132,13 @@ class FolderLoader(TensorLoader):
     Samples are decoded in ``workers`` processes and moved to ``device`` in
     batches; the order is that of :func:`epoch_order`, as for tensors.
 
+    ``batch_sampler`` replaces that order by a sampler yielding whole batches
+    of indices, e.g. :class:`mixlab.data.pairs.PartnerBatchSampler` (each batch
+    its anchors, then one drawn partner per anchor). It must follow the
+    loader's own order settings (batch size, shuffle, drop_last, seed, rank,
+    world size), so that the loader's length counts its batches;
+    :meth:`set_epoch` is passed on to it.
+
     Example:
         >>> ds = torch.utils.data.TensorDataset(torch.zeros(6, 1, 2, 2), torch.arange(6))
         >>> loader = FolderLoader(ds, batch_size=4, shuffle=True, workers=0)
@@ -151,20 +158,49 @@ class FolderLoader(TensorLoader):
         rank: int = 0,
         world_size: int = 1,
         workers: int = 2,
+        batch_sampler: torch.utils.data.Sampler | None = None,
     ):
         self.dataset = dataset
         self._set_order(len(dataset), batch_size, shuffle, drop_last, seed, rank, world_size)
         self.device = torch.device(device)
         workers = check_int("workers", workers)
+        self.batch_sampler = batch_sampler
+        if batch_sampler is None:
+            order = {"batch_size": self.batch_size, "sampler": _OrderSampler(self), "drop_last": drop_last}
+        else:
+            self._check_batch_sampler(batch_sampler)
+            order = {"batch_sampler": batch_sampler}
         self._loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=_OrderSampler(self),
-            drop_last=drop_last,
+            **order,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
         )
+
+    def _check_batch_sampler(self, sampler: torch.utils.data.Sampler) -> None:
+        """Refuse a batch sampler whose order settings differ from the loader's (its length would not be ours)."""
+        if not callable(getattr(sampler, "set_epoch", None)):
+            raise MixlabTypeError(f"batch_sampler needs a set_epoch(epoch) method; got {type(sampler).__name__}")
+        ours = {
+            "size": self.size,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+        theirs = {k: getattr(sampler, k, None) for k in ours}
+        differ = [f"{k} {theirs[k]!r} (loader: {v!r})" for k, v in ours.items() if theirs[k] != v]
+        if differ:
+            raise MixlabValueError(f"batch_sampler must follow the loader's order settings; it has {', '.join(differ)}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order (and the batch sampler's draws) the next iteration follows."""
+        super().set_epoch(epoch)
+        if self.batch_sampler is not None:
+            self.batch_sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y in self._loader:

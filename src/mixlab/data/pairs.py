@@ -23,12 +23,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from mixlab.batch import Forward, MixedBatch
 from mixlab.data.loader import TensorLoader, epoch_order
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_int
 from mixlab.sampling import CMixupPairing, derive_seed
@@ -179,3 +182,61 @@ class PartnerTensorLoader(TensorLoader):
             part = slice(step * self.batch_size, (step + 1) * self.batch_size)
             index = torch.cat([anchors[part], partners[part]])
             yield self.x.index_select(0, index), self.y.index_select(0, index)
+
+
+def anchor_mixes(mb: MixedBatch) -> MixedBatch:
+    """The mixes of a partner batch's anchors: its first half, the rows the authors' C-Mixup trains on.
+
+    A mixer given a batch of ``B`` anchors then their ``B`` partners mixes
+    every row (anchor ``i`` with partner ``i``, and each partner with its
+    anchor); the authors' code (huaxiuyao/C-Mixup, ``src/algorithm.py``,
+    ``train``) forms only the ``B`` anchor mixes and trains on them, which
+    this keeps. Targets, ``lam``, a per-row ``mask`` and the sources'
+    weights are cut to the first half; ``perm`` (and ``sources``) still
+    index the loaded ``2B`` rows. When the mixing happens inside the model
+    (``forward_fn``, e.g. Manifold Mixup), ``inputs`` stay the ``2B`` loaded
+    rows, the hidden mix needs them all, and :meth:`MixedBatch.forward`
+    returns the first ``B`` outputs.
+
+    Example:
+        >>> import mixlab
+        >>> pairing = CMixupPairing(sigma=0.5).fit(torch.arange(6.0))
+        >>> x, y = next(iter(PartnerTensorLoader(torch.randn(6, 2), torch.arange(6.0), pairing, batch_size=3, shuffle=False)))
+        >>> mb = mixlab.Mixup(alpha=2.0, pairing=pairing)(x, y, generator=torch.Generator().manual_seed(0))
+        >>> anchors = anchor_mixes(mb)
+        >>> anchors.inputs.shape[0], anchors.perm.tolist()
+        (3, [3, 4, 5])
+    """
+    rows = mb.lam.shape[0]
+    if rows % 2:
+        raise MixlabValueError(f"a partner batch holds its anchors then as many partners, so an even size; got {rows}")
+    half = rows // 2
+
+    def first(value: Any) -> Any:
+        return value if value is None else value[:half]
+
+    inside = mb.forward_fn is not None
+    mask = mb.mask if mb.mask is None or mb.mask.shape[0] != rows else mb.mask[:half]
+    return dataclasses.replace(
+        mb,
+        inputs=mb.inputs if inside else mb.inputs[:half],
+        target_a=mb.target_a[:half],
+        target_b=mb.target_b[:half],
+        lam=mb.lam[:half],
+        perm=mb.perm[:half],
+        mask=mask,
+        forward_fn=_FirstOutputs(mb.forward_fn, half) if inside else None,
+        _sources=first(mb._sources),
+        _weights=first(mb._weights),
+        _source_targets=first(mb._source_targets),
+    )
+
+
+class _FirstOutputs:
+    """A ``forward_fn`` that runs the whole loaded batch through the model and keeps the anchors' outputs."""
+
+    def __init__(self, forward_fn: Forward, rows: int):
+        self.forward_fn, self.rows = forward_fn, rows
+
+    def __call__(self, model: nn.Module, inputs: Tensor) -> Any:
+        return self.forward_fn(model, inputs)[: self.rows]

@@ -27,6 +27,7 @@ import mixlab
 from mixlab.data import ArrayData, DataSplits, load_dataset
 from mixlab.data.augment import BatchAugment, channel_stats
 from mixlab.data.loader import FolderLoader, TensorLoader
+from mixlab.data.pairs import PartnerBatchSampler, PartnerTensorLoader, anchor_mixes
 from mixlab.engine import checkpoint as ckpt
 from mixlab.engine.builders import build_mixer, build_objective, build_optimizer, build_schedule, lr_factor
 from mixlab.engine.config import RunConfig, config_diff, config_to_dict
@@ -35,7 +36,7 @@ from mixlab.engine.loop import LoopSettings, Trainer
 from mixlab.engine.progress import EpochProgress
 from mixlab.errors import MissingDependencyError, MixlabValueError
 from mixlab.models import create_model
-from mixlab.sampling import derive_seed
+from mixlab.sampling import CMixupPairing, derive_seed
 from mixlab.schedules import ScheduledMixer
 
 #: config keys that may change between a run and its resumption (they do not affect the result).
@@ -263,12 +264,18 @@ def _build_trainer(config: RunConfig, splits: DataSplits, dist: DistInfo, progre
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     mixer = build_mixer(config.mix, model, seed=derive_seed(config.train.seed, "mixer", dist.rank))
+    pairing = fit_partner_pairing(mixer, splits, loop_targets(splits.train, target_mean, target_scale))
     if mixer is not None:
         mixer.to(dist.device)
         broadcast_tensors([p.data for p in mixer.trainable_parameters()])  # one starting point on every rank
-    scheduled = None if mixer is None else ScheduledMixer(mixer, build_schedule(_seeded_schedule(config)))
+    scheduled = None
+    if mixer is not None:
+        schedule = build_schedule(_seeded_schedule(config))
+        scheduled = ScheduledMixer(mixer, schedule) if pairing is None else AnchorMixes(mixer, schedule)
     optimizer = build_optimizer(model.parameters(), config.optim, mixer.optimizer_groups() if mixer else ())
-    train_loader = _loader(config, splits.train, dist, train=True, target_mean=target_mean, target_scale=target_scale)
+    train_loader = _loader(
+        config, splits.train, dist, train=True, target_mean=target_mean, target_scale=target_scale, pairing=pairing
+    )
     eval_loaders = {
         name: _loader(config, part, dist, train=False, target_mean=target_mean, target_scale=target_scale)
         for name, part in (("val", splits.val), ("test", splits.test))
@@ -402,6 +409,109 @@ def build_augment(config: RunConfig, splits: DataSplits) -> BatchAugment:
     return BatchAugment(mean, std, crop_padding=aug.crop_padding, hflip=aug.hflip, vflip=aug.vflip)
 
 
+def dataset_pairings(mixer: Any) -> list[CMixupPairing]:
+    """The dataset-scope C-Mixup pairings ``mixer`` draws partners with, each once.
+
+    Looked for on the mixer, on the members of a ``random_choice`` and on
+    the ``base`` of a relabelling mixer (TransMix, SUMix).
+
+    Example:
+        >>> members = [{"name": "mixup", "pairing": "c_mixup"}, {"name": "mixup", "pairing": "c_mixup_batch"}]
+        >>> [p.scope for p in dataset_pairings(mixlab.create_mixer("random_choice", mixers=members))]
+        ['dataset']
+    """
+    found: list[CMixupPairing] = []
+    pending = [mixer]
+    while pending:
+        current = pending.pop(0)
+        pairing = getattr(current, "pairing", None)
+        if isinstance(pairing, CMixupPairing) and pairing.scope == "dataset" and all(pairing is not p for p in found):
+            found.append(pairing)
+        pending.extend(getattr(current, "mixers", ()))
+        if getattr(current, "base", None) is not None:
+            pending.append(current.base)
+    return found
+
+
+def fit_partner_pairing(mixer: Any, splits: DataSplits, train_targets: torch.Tensor) -> CMixupPairing | None:
+    """Fit the mixer's dataset-scope C-Mixup pairing(s) on the training targets; ``None`` when it has none.
+
+    C-Mixup (Yao et al., NeurIPS 2022, arXiv 2210.05775) draws each anchor's
+    partner from the whole training set; the engine then loads each batch as
+    its anchors followed by their partners and trains on the anchors' mixes
+    (see :func:`mixlab.data.pairs.anchor_mixes`). ``train_targets`` are the
+    targets as the loop sees them: the engine standardises regression targets
+    held in memory, so there ``sigma`` is in standard deviations of the
+    training targets. Several such pairings (e.g. on members of a
+    ``random_choice``) must agree on their settings: one loader draws the
+    partners of all of them. Refused for classification (and, by
+    :meth:`~mixlab.sampling.CMixupPairing.fit`, for non-float targets).
+
+    Example:
+        >>> from mixlab.data import ArrayData, DataSplits
+        >>> part = ArrayData(torch.zeros(4, 3), torch.tensor([0.0, 0.1, 2.0, 2.1]))
+        >>> splits = DataSplits("t", "regression", part, None, part, None, (3,), None, {})
+        >>> pairing = fit_partner_pairing(mixlab.Mixup(pairing="c_mixup", sigma=0.2), splits, part.y)
+        >>> pairing.num_targets
+        4
+    """
+    pairings = dataset_pairings(mixer)
+    if not pairings:
+        return None
+    if splits.task != "regression":
+        raise MixlabValueError(
+            f"pairing 'c_mixup' draws partners by target distance, for regression; dataset {splits.name!r} is a "
+            f"{splits.task} task. Use pairing 'random', 'same_class' or 'different_class'"
+        )
+    settings = {(p.sigma, p.exclude_self, p.top_k) for p in pairings}
+    if len(settings) > 1:
+        raise MixlabValueError(
+            "one loader draws every dataset-scope c_mixup partner, so the mixer's c_mixup pairings must share "
+            f"sigma, exclude_self and top_k; got {sorted(settings, key=str)}"
+        )
+    for pairing in pairings:
+        pairing.fit(train_targets)
+    return pairings[0]
+
+
+class AnchorMixes(ScheduledMixer):
+    """A scheduled mixer fed partner batches (anchors, then their partners) that returns the anchors' mixes only.
+
+    Every loaded row is mixed (each partner with its anchor too), then
+    :func:`mixlab.data.pairs.anchor_mixes` keeps the first half: the ``B``
+    samples the authors' C-Mixup trains on per step (Yao et al., NeurIPS 2022,
+    arXiv 2210.05775; huaxiuyao/C-Mixup ``src/algorithm.py``, ``train``).
+    Clean steps (schedule inactive) give the ``B`` anchors unmixed.
+    """
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        step: int,
+        epoch: int,
+        context: dict[str, Any] | None = None,
+    ) -> Any:
+        """Mix the whole partner batch as :class:`ScheduledMixer` does; return its anchors' rows."""
+        return anchor_mixes(super().__call__(x, y, generator, step=step, epoch=epoch, context=context))
+
+
+def loop_targets(part: Any, target_mean: float, target_scale: float) -> torch.Tensor:
+    """A split's targets as the training loop sees them: float targets held in memory are standardised.
+
+    Example:
+        >>> from mixlab.data import ArrayData
+        >>> loop_targets(ArrayData(torch.zeros(2, 1), torch.tensor([1.0, 3.0])), 2.0, 1.0).tolist()
+        [-1.0, 1.0]
+    """
+    y = part.labels
+    if isinstance(part, ArrayData) and y.is_floating_point() and (target_mean, target_scale) != (0.0, 1.0):
+        y = (y - target_mean) / target_scale
+    return y
+
+
 def _target_stats(splits: DataSplits) -> tuple[float, float]:
     """Regression targets are standardised for training; metrics are reported in the original units."""
     if splits.task != "regression" or not isinstance(splits.train, ArrayData):
@@ -412,8 +522,16 @@ def _target_stats(splits: DataSplits) -> tuple[float, float]:
 
 
 def _loader(
-    config: RunConfig, part: Any, dist: DistInfo, *, train: bool, target_mean: float, target_scale: float
+    config: RunConfig,
+    part: Any,
+    dist: DistInfo,
+    *,
+    train: bool,
+    target_mean: float,
+    target_scale: float,
+    pairing: CMixupPairing | None = None,
 ) -> TensorLoader:
+    """The split's batches; with a fitted ``pairing``, each batch is its anchors followed by their partners."""
     common = {
         "batch_size": config.train.batch_size if train else config.train.eval_batch_size,
         "shuffle": train,
@@ -424,11 +542,15 @@ def _loader(
         "world_size": dist.world_size,
     }
     if isinstance(part, ArrayData):
-        y = part.y
-        if y.is_floating_point() and (target_mean, target_scale) != (0.0, 1.0):
-            y = (y - target_mean) / target_scale
+        y = loop_targets(part, target_mean, target_scale)
+        if pairing is not None:
+            return PartnerTensorLoader(part.x, y, pairing, **common)
         return TensorLoader(part.x, y, **common)
-    return FolderLoader(part, workers=config.data.workers, **common)
+    batches = None
+    if pairing is not None:
+        order = {k: v for k, v in common.items() if k != "device"}
+        batches = PartnerBatchSampler(pairing, **order)
+    return FolderLoader(part, workers=config.data.workers, batch_sampler=batches, **common)
 
 
 def _final_metrics(trainer: Trainer, history: list[dict[str, Any]]) -> dict[str, Any]:
