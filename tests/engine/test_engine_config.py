@@ -185,3 +185,13 @@ def test_rankmixup_runs_clean_and_mixed_in_separate_passes_regmixup_in_one():
     calls.clear()
     build_objective(MixConfig(method="mixup", loss="regmixup"), "classification")(net, x, y, mb)
     assert calls == [8]
+
+
+def test_the_engine_tells_pixel_comparing_mixers_its_normalisation_scale():
+    from mixlab.engine.builders import build_mixer
+    from mixlab.engine.config import MixConfig
+
+    assert build_mixer(MixConfig(method="puzzlemix"), None, input_std=[0.25]).input_std == (0.25,)
+    given = MixConfig(method="puzzlemix", options={"input_std": 0.5})
+    assert build_mixer(given, None, input_std=[0.25]).input_std == (0.5,)  # the user's value wins
+    assert type(build_mixer(MixConfig(method="mixup"), None, input_std=[0.25])).__name__ == "Mixup"

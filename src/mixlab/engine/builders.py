@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,11 +27,15 @@ SCHEDULE_TYPES: dict[str, type[schedules.Schedule]] = {
 }
 
 
-def build_mixer(mix: MixConfig, model: nn.Module | None, *, seed: int | None = None) -> Mixer | None:
+def build_mixer(
+    mix: MixConfig, model: nn.Module | None, *, seed: int | None = None, input_std: Sequence[float] | None = None
+) -> Mixer | None:
     """The configured mixer (``None`` for ``method: none``).
 
     Manifold Mixup without ``layers`` mixes at the model's
-    ``default_manifold_layers``. Unknown options raise, listing the accepted ones.
+    ``default_manifold_layers``. ``input_std``, the per-channel scale the engine
+    divides inputs by, goes to mixers that compare pixel values (PuzzleMix's local
+    statistics) unless the options set it. Unknown options raise, listing the accepted ones.
 
     Example:
         >>> from mixlab.engine.config import MixConfig
@@ -47,6 +51,8 @@ def build_mixer(mix: MixConfig, model: nn.Module | None, *, seed: int | None = N
         options.setdefault("model", model)  # model-aware mixers check their layers against it at once
     if seed is not None and "seed" not in options:
         options["seed"] = seed
+    if input_std is not None and "input_std" in accepted_params(mix.method):
+        options.setdefault("input_std", [float(v) for v in input_std])
     return create_mixer(mix.method, **options)
 
 

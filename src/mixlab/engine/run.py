@@ -263,7 +263,9 @@ def _build_trainer(config: RunConfig, splits: DataSplits, dist: DistInfo, progre
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    mixer = build_mixer(config.mix, model, seed=derive_seed(config.train.seed, "mixer", dist.rank))
+    augment = build_augment(config, splits)
+    input_std = None if augment.std is None else augment.std.tolist()
+    mixer = build_mixer(config.mix, model, seed=derive_seed(config.train.seed, "mixer", dist.rank), input_std=input_std)
     pairing = fit_partner_pairing(mixer, splits, loop_targets(splits.train, target_mean, target_scale))
     if mixer is not None:
         mixer.to(dist.device)
@@ -291,7 +293,7 @@ def _build_trainer(config: RunConfig, splits: DataSplits, dist: DistInfo, progre
         wrapped,
         train_loader=train_loader,
         eval_loaders=eval_loaders,
-        augment=build_augment(config, splits),
+        augment=augment,
         mixer=scheduled,
         objective=build_objective(config.mix, splits.task),
         optimizer=optimizer,
