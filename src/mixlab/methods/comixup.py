@@ -628,7 +628,8 @@ class CoMixup(Mixer):
             )
         if kwargs.get("pairing", "random") != "random":
             raise MixlabValueError(
-                f"comixup chooses the sources of each output itself; pairing must be 'random'; got {kwargs['pairing']!r}"
+                "comixup chooses the sources of each output itself; pairing must be 'random'; "
+                f"got {kwargs['pairing']!r}"
             )
         super().__init__(**kwargs)
         self.grid = _check_grid(grid)
