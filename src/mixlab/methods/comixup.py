@@ -573,6 +573,10 @@ class CoMixup(Mixer):
     (the code pools ``width // m_block_num`` pixels and drops any remainder);
     the label weights are pixel shares (the code's block shares; equal when the
     grid divides the image); a short last partition is solved like the others.
+    With ``clean_weight=0`` the code takes the saliency in eval mode, mixlab's
+    :class:`~mixlab.methods.context.MixContext` in the model's mode with its
+    buffers restored. Cost: ``partition * sweeps`` sequential updates (80 by
+    default) whatever the batch size, each vectorised over the partitions.
 
     Args:
         grid: blocks per spatial dim (int or one per dim; capped at the size). Code: 4 (``m_block_num``).
