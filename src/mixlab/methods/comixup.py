@@ -54,9 +54,8 @@ from mixlab.errors import (
     check_non_negative,
     check_probability,
 )
-from mixlab.masks import block_index
 from mixlab.methods.base import Mixer, MixParams, unmixed_params
-from mixlab.methods.blocks import block_counts, block_saliency, expand_blocks
+from mixlab.methods.blocks import block_counts, block_index, block_saliency, expand_blocks
 from mixlab.methods.context import CLEAN_LOSS, SALIENCY, MixerNeeds
 
 #: Smallest prior weight inside the log of the label prior (the code's ``log(alpha + 1e-8)``).
