@@ -25,3 +25,22 @@ def test_the_clean_loss_pass_runs_in_train_mode_and_keeps_its_graph():
     assert float(net[1].running_mean.abs().sum()) > 0  # BatchNorm statistics updated as in a training step
     loss.backward()
     assert net[2].weight.grad is not None and torch.isfinite(net[2].weight.grad).all()
+
+
+def test_the_clean_loss_stand_in_has_the_clean_loss_value_and_gradient():
+    # One backward serves the saliency and the clean term: its gradient must be the clean loss's own.
+    torch.manual_seed(0)
+    make = lambda: torch.nn.Sequential(  # noqa: E731
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+    )
+    net = make()
+    reference = make()
+    reference.load_state_dict(net.state_dict())
+    x, y = torch.randn(5, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+    _, stand_in = saliency_and_clean_loss(net, x, y)
+    direct = torch.nn.functional.cross_entropy(reference(x), y)
+    torch.testing.assert_close(stand_in.detach(), direct.detach())
+    (0.5 * stand_in).backward()
+    (0.5 * direct).backward()
+    for ours, theirs in zip(net.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad)

@@ -226,8 +226,10 @@ def saliency_and_clean_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Ten
     """The saliency of :func:`input_saliency` and the clean loss it came from, kept with its graph.
 
     The pass runs as the model is (train mode: BatchNorm statistics are updated as
-    in a training step), and the graph is retained, so adding ``weight * loss``
-    to the training loss trains on the clean batch without a second forward pass:
+    in a training step). One backward gives both the input gradient and the
+    parameters' gradient of the clean loss; the returned loss has the clean loss's
+    value and, through the parameters, that gradient, so adding ``weight * loss`` to
+    the training loss trains on the clean batch without a second forward or backward:
     PuzzleMix's and Co-Mixup's ``clean_lam`` (Kim et al., ICML 2020, arXiv 2009.06962;
     Kim et al., ICLR 2021, arXiv 2102.03065).
 
@@ -237,11 +239,28 @@ def saliency_and_clean_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Ten
         >>> saliency.shape, loss.requires_grad
         (torch.Size([2, 2, 2]), True)
     """
+    params = [p for p in model.parameters() if p.requires_grad]
+    scale = _FP16_GRAD_SCALE if _fp16_autocast(x.device) else 1.0
     with torch.enable_grad():
         inputs = x.detach().requires_grad_(True)
         loss = _clean_loss(model, inputs, y)
-        (grad,) = torch.autograd.grad(loss, inputs, retain_graph=True)
-    return _reduce_channels(grad), loss
+        # One backward gives the input gradient (the saliency) and the parameters' (the clean term), as the
+        # reference's single backward does; fp16 activations get a fixed scale against underflow.
+        grad, *param_grads = torch.autograd.grad(loss * scale, [inputs, *params], allow_unused=True)
+    # A stand-in for the clean loss: its value, and through the parameters its gradient (already computed),
+    # so adding it to the training loss costs no second backward through the model.
+    clean = loss.detach()
+    for param, param_grad in zip(params, param_grads, strict=True):
+        if param_grad is not None:
+            clean = clean + ((param - param.detach()) * (param_grad / scale)).sum()
+    return _reduce_channels(grad), clean
+
+
+_FP16_GRAD_SCALE = 1024.0
+
+
+def _fp16_autocast(device: torch.device) -> bool:
+    return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16
 
 
 def _clean_loss(model: nn.Module, inputs: Tensor, y: Tensor) -> Tensor:
