@@ -203,5 +203,3 @@ def clone_mixer(mixer: mixlab.Mixer) -> mixlab.Mixer:
     return copy.deepcopy(mixer)
 
 
-#: the former name, kept while method tests move to :func:`assert_mixer_contract`.
-check_contract = assert_mixer_contract

@@ -364,3 +364,8 @@ def test_gridmix_caps_cells_per_dim_on_uneven_shapes() -> None:
     changes = int((row[1:] != row[:-1]).sum())
     assert changes >= 1, "the long dim is split into more than the short dim's 2 cells"
     assert torch.equal(mb.mask[0, 0, 0].reshape(6, 10).amax(1), mb.mask[0, 0, 0].reshape(6, 10).amin(1))
+
+
+def test_random_choice_in_batch_mode_refuses_a_pairing_it_would_not_use() -> None:
+    with pytest.raises(ValueError, match=r"mode='batch' each member draws its own partners.*same_class"):
+        mixlab.create_mixer("random_choice", mixers=["mixup", "cutmix"], mode="batch", pairing="same_class")

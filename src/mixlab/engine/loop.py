@@ -159,10 +159,10 @@ class Trainer:
         for i, (x, y) in enumerate(self.train_loader):
             if i >= steps:
                 break
-            loss, correct = self._train_step(x, y, augment_gen, mix_gen, epoch)
-            sums[0] += loss.detach().double() * y.shape[0]
+            loss, correct, rows = self._train_step(x, y, augment_gen, mix_gen, epoch)
+            sums[0] += loss.detach().double() * rows
             sums[1] += correct
-            sums[2] += y.shape[0]
+            sums[2] += rows
             if (i + 1) % DISPLAY_EVERY == 0 and self.progress.enabled:
                 self._show(i + 1, sums, start)
         elapsed = time.perf_counter() - start
@@ -226,7 +226,12 @@ class Trainer:
 
     def _train_step(
         self, x: Tensor, y: Tensor, augment_gen: torch.Generator, mix_gen: torch.Generator, epoch: int
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, int]:
+        """One optimiser step; returns the loss, the (mixed-label) correct count and the rows trained on.
+
+        The rows are the mixed batch's, which can be fewer than the loaded ones (C-Mixup loads each
+        anchor's partner and trains on the anchors' mixes).
+        """
         self._set_lr()
         x = self._prepare(self.augment(x, augment_gen))
         if self.mixer is None:
@@ -255,7 +260,7 @@ class Trainer:
         if self.mix_context is not None:
             self.mix_context.after_step()
         self.state.step += 1
-        return loss, self._correct(outputs.detach(), mb)
+        return loss, self._correct(outputs.detach(), mb), int(outputs.shape[0])
 
     def _mix_context(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, Any]:
         """The mixer's context; computed only on steps the schedule mixes."""

@@ -92,6 +92,11 @@ class RandomChoice(Mixer):
 
     def _check_members(self) -> None:
         """Settings that belong to the composition must not be set on its members, where they would be ignored."""
+        if self.mode == "batch" and not isinstance(self.pairing, RandomPairing):
+            raise MixlabValueError(
+                f"in mode='batch' each member draws its own partners: set pairing on the members, not on "
+                f"random_choice (got pairing={self.pairing.name!r})"
+            )
         for m in self.mixers:
             if isinstance(m, RandomChoice):
                 raise MixlabValueError("random_choice cannot contain another random_choice; list its members instead")
