@@ -28,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 import mixlab
+from mixlab.methods import STATIC_MIXERS
 
 SHAPES = [(64, 3, 224, 224), (128, 3, 32, 32)]
 GOALS_224 = {"mixup": 2.0, "midpoint": 2.0, "manifold_mixup": 2.0, "saliencymix": 3.0}
@@ -36,13 +37,14 @@ GOAL_32 = 5.0
 
 
 def mixers(lam_mode: str) -> dict[str, mixlab.Mixer]:
-    """Every registered mixer at its defaults (random_choice: the mixup/CutMix switch)."""
-    out = {}
-    for name in mixlab.list_mixers():
-        if name == "random_choice":
-            out[name] = mixlab.create_mixer(name, mixers=["mixup", "cutmix"], mode=lam_mode, seed=0)
-        else:
-            out[name] = mixlab.create_mixer(name, lam_mode=lam_mode, seed=0)
+    """Every mixer that needs nothing but the batch, mixing every batch (random_choice: the mixup/CutMix switch).
+
+    ``p=1``: CutMix and SaliencyMix default to their authors' p = 0.5, and a skipped batch costs nothing.
+    Model-aware mixers are timed in a training step by ``benchmarks/step_cost.py``.
+    """
+    out = {"random_choice": mixlab.create_mixer("random_choice", mixers=["mixup", "cutmix"], mode=lam_mode, seed=0)}
+    for cls in STATIC_MIXERS:
+        out[cls.name] = mixlab.create_mixer(cls.name, lam_mode=lam_mode, p=1.0, seed=0)
     return out
 
 

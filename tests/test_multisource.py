@@ -120,9 +120,21 @@ def test_engine_refuses_a_two_source_loss_with_a_multi_source_mixer():
         (SOURCES, WEIGHTS[:, :2], "weights must be floating with the shape of sources"),
         (SOURCES, WEIGHTS * 2, "each row must sum to 1"),
         (SOURCES, torch.tensor([[1.5, -0.5, 0.0]]).expand(4, 3), "non-negative"),
+        (SOURCES + 1, WEIGHTS, r"sources must index the batch, in \[0, 4\)"),
     ],
 )
 def test_from_sources_refuses_bad_shapes_and_weights(sources, weights, match):
     with pytest.raises(ValueError, match=match):
         MixedBatch.from_sources(torch.zeros(4, 2), Y, sources, weights)
 
+
+
+def test_random_choice_reports_its_members_sources_and_refuses_merging_many_sources():
+    import mixlab
+
+    mixer = mixlab.create_mixer("random_choice", mixers=["mixup", {"name": "comixup", "partition": 4}])
+    assert mixer.num_sources == 4
+    with pytest.raises(ValueError, match=r"'decoupled' is defined for two mixed sources; random_choice mixes 4"):
+        check_loss_options("decoupled", {}, mixer)
+    with pytest.raises(ValueError, match=r"mode='sample'.*'comixup' mixes 4 inputs per sample"):
+        mixlab.create_mixer("random_choice", mixers=["mixup", {"name": "comixup", "partition": 4}], mode="sample")

@@ -312,3 +312,32 @@ def test_unseeded_probability_schedules_are_independent():
     both = Probability(0.5) & Probability(0.5)
     rate = sum(both.active(step, 0) for step in range(4000)) / 4000
     assert abs(rate - 0.25) < 0.03
+
+
+def test_scheduled_mixer_passes_the_engine_hooks_to_the_mixer_it_wraps():
+    import mixlab
+    from mixlab.schedules import ScheduledMixer, StopAfter
+
+    calls = []
+
+    class Recording(mixlab.Mixup):
+        def start_training(self, total_steps):
+            calls.append(("start", total_steps))
+
+        def after_step(self):
+            calls.append(("after",))
+
+        def state_dict(self):
+            return {"steps": 3}
+
+    inner = Recording()
+    scheduled = ScheduledMixer(inner, StopAfter(1))
+    scheduled.start_training(40)
+    scheduled.after_step()
+    assert calls == [("start", 40), ("after",)]
+    assert scheduled.state_dict() == {"steps": 3} and scheduled.num_sources == 2
+    assert scheduled.active(0, 0) and not scheduled.active(10, 1)
+    assert scheduled.needs == inner.needs and scheduled.trainable_parameters() == []
+    composed = mixlab.create_mixer("random_choice", mixers=[inner, "cutmix"])
+    composed.start_training(7)
+    assert calls[-1] == ("start", 7)

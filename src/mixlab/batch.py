@@ -98,8 +98,9 @@ class MixedBatch:
             sources: ``(N, K)`` long, ``K >= 2``, indices into the batch.
             weights: ``(N, K)`` non-negative label weights, each row summing to 1.
             mask: optional per-element weights (method-specific for ``K > 2``).
-            check_weights: check that the weights are non-negative rows summing to 1 (reads them:
-                a device sync on CUDA); a mixer whose weights are so by construction passes ``False``.
+            check_weights: check that the sources index the batch and the weights are non-negative rows
+                summing to 1 (reads them: a device sync on CUDA); a mixer whose sources and weights are so
+                by construction passes ``False``.
             extra: ``forward_fn`` or ``aux``.
 
         Example:
@@ -121,6 +122,8 @@ class MixedBatch:
                 f"{weights.dtype} {tuple(weights.shape)}"
             )
         weights = weights.to(torch.float32)
+        if check_weights and bool(((sources < 0) | (sources >= n)).any()):
+            raise MixlabValueError(f"sources must index the batch, in [0, {n}); got values outside it")
         if check_weights and not _are_distributions(weights):
             raise MixlabValueError("weights must be non-negative and each row must sum to 1")
         source_targets = y.index_select(0, sources.flatten()).view(n, sources.shape[1], *y.shape[1:])

@@ -265,6 +265,15 @@ class ScheduledMixer:
     # The engine hooks of the wrapped mixer (see :class:`~mixlab.methods.base.Mixer`), so that a
     # loop holds one object and never reaches through it.
 
+    def active(self, step: int, epoch: int) -> bool:
+        """Whether this step mixes (the loop computes the mixer's context only then)."""
+        return self.schedule.active(step, epoch)
+
+    @property
+    def num_sources(self) -> int:
+        """The wrapped mixer's number of sources per output."""
+        return self.mixer.num_sources
+
     @property
     def needs(self) -> Any:
         """The wrapped mixer's :class:`~mixlab.methods.context.MixerNeeds`."""

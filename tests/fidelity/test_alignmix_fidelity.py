@@ -23,13 +23,7 @@ from mixlab.errors import MixlabValueError, UnknownNameError
 from mixlab.methods.feature import AlignMix, align_and_mix, alignment_cost, sinkhorn_plan
 from mixlab.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hand_cost(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

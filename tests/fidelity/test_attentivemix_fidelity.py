@@ -19,13 +19,7 @@ from torch import nn
 from mixlab.errors import MixlabValueError, UnknownNameError
 from mixlab.methods.feature import AttentiveMix
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cell_images(cells: int, cell: int, channels: int = 2, n: int = 3) -> torch.Tensor:

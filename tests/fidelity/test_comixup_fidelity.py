@@ -13,7 +13,6 @@ Everything below is written from those equations with NumPy loops, not from mixl
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -29,13 +28,7 @@ from mixlab.methods.comixup import (
 from mixlab.methods.context import MixContext
 from mixlab.models import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ the equations, by hand

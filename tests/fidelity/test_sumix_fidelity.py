@@ -23,13 +23,7 @@ from mixlab.losses import mixed_cross_entropy
 from mixlab.methods.sumix import SUMix
 from mixlab.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def code_lambda(p: float, lam: float, classes: int, batch: int) -> float:

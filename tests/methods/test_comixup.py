@@ -7,7 +7,6 @@ weights, clean-loss scale) are pinned in ``tests/fidelity/test_comixup_fidelity.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,14 +18,7 @@ from mixlab.losses import bce_softmax
 from mixlab.methods.comixup import CoMixup, CoMixupProblem, solve_comixup
 from mixlab.methods.context import MixContext
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The tensors here are tiny: on a shared 2-core machine thread hand-offs cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _generator(seed: int = 0) -> torch.Generator:

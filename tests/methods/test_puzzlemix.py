@@ -7,7 +7,6 @@ the transport algorithm) are computed by hand in ``tests/fidelity/test_puzzlemix
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,13 +31,7 @@ from mixlab.methods.puzzle import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The tensors here are small: on a shared 2-core machine thread hand-offs cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _generator(seed: int = 0) -> torch.Generator:

@@ -22,14 +22,7 @@ from mixlab.methods.context import MixContext
 from mixlab.methods.sumix import SUMIX_BASES, SUMix, corrected_lambda, own_class_alpha, pooled
 from mixlab.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Small models run fastest on one thread, the more so on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixed_batch(mixer: SUMix, model: torch.nn.Module, n: int = 16, seed: int = 0) -> object:

@@ -19,14 +19,7 @@ from mixlab.methods.attention import (
 from mixlab.methods.context import MixContext
 from mixlab.models import ViTTiny, create_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Tiny models run fastest on one thread, the more so on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_vit(seed: int = 0, **options: object) -> ViTTiny:

@@ -25,13 +25,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     return (x - 0.3) / 0.4, torch.tensor(data.target, dtype=torch.long)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Tiny models run fastest on one thread, the more so on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**options: object) -> ViTTiny:

@@ -265,7 +265,7 @@ class Trainer:
     def _mix_context(self, x: Tensor, y: Tensor, epoch: int) -> dict[str, Any]:
         """The mixer's context; computed only on steps the schedule mixes."""
         assert self.mixer is not None
-        if self.mix_context is None or not self.mixer.schedule.active(self.state.step, epoch):
+        if self.mix_context is None or not self.mixer.active(self.state.step, epoch):
             return {"model": self.model}
         with self._autocast():
             return self.mix_context(x, y)

@@ -572,9 +572,7 @@ class CoMixup(Mixer):
     (the code pools ``width // m_block_num`` pixels and drops any remainder);
     the label weights are pixel shares (the code's block shares; equal when the
     grid divides the image); a short last partition is solved like the others.
-    With ``clean_weight=0`` the code takes the saliency in eval mode, mixlab's
-    :class:`~mixlab.methods.context.MixContext` in the model's mode with its
-    buffers restored. Cost: ``partition * sweeps`` sequential updates (80 by
+    Cost: ``partition * sweeps`` sequential updates (80 by
     default) whatever the batch size, each vectorised over the partitions.
 
     Args:
@@ -761,7 +759,9 @@ class CoMixup(Mixer):
             return mb
         inputs = self._mix(x, params, context or {})
         extra = params.extra
-        return MixedBatch.from_sources(inputs, y, extra["sources"], extra["weights"], mask=params.weight, aux=aux)
+        return MixedBatch.from_sources(
+            inputs, y, extra["sources"], extra["weights"], mask=params.weight, aux=aux, check_weights=False
+        )
 
     def _mix(self, x: Tensor, params: MixParams, context: dict[str, Any]) -> Tensor:
         """Output pixels from the inputs ``first`` and ``second`` of their block (their mean in a half block)."""

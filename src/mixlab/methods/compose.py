@@ -102,6 +102,11 @@ class RandomChoice(Mixer):
                 raise MixlabValueError("random_choice cannot contain another random_choice; list its members instead")
             if m.inplace:
                 raise MixlabValueError(f"set inplace on random_choice, not on its member {m.name!r}")
+            if self.mode == "sample" and m.num_sources > 2:
+                raise MixlabValueError(
+                    f"in mode='sample' the members' batches are merged as two-source batches; {m.name!r} mixes "
+                    f"{m.num_sources} inputs per sample: use mode='batch'"
+                )
             if self.mode == "sample" and (m.p < 1.0 or not isinstance(m.pairing, RandomPairing)):
                 raise MixlabValueError(
                     f"in mode='sample' one partner draw serves every member: set p and pairing on random_choice, "
@@ -133,6 +138,16 @@ class RandomChoice(Mixer):
         """Let every member take its model-dependent defaults."""
         for mixer in self.mixers:
             mixer.bind_model(model)
+
+    @property
+    def num_sources(self) -> int:  # type: ignore[override]
+        """The most inputs any member draws an output from (the config refuses two-source losses above 2)."""
+        return max(mixer.num_sources for mixer in self.mixers)
+
+    def start_training(self, total_steps: int) -> None:
+        """Tell every member how long training takes."""
+        for mixer in self.mixers:
+            mixer.start_training(total_steps)
 
     def after_step(self) -> None:
         """Every member's end-of-step update."""

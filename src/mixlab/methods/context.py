@@ -253,7 +253,7 @@ def saliency_and_clean_loss(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Ten
     for param, param_grad in zip(params, param_grads, strict=True):
         if param_grad is not None:
             clean = clean + ((param - param.detach()) * (param_grad / scale)).sum()
-    return _reduce_channels(grad), clean
+    return _reduce_channels(grad / scale), clean
 
 
 _FP16_GRAD_SCALE = 1024.0

@@ -258,7 +258,6 @@ class _LearnedMaskMixer(Mixer):
 
     spatial = True
     requires = frozenset({"model"})
-    num_sources: int = 2
 
     def __init__(
         self,

@@ -733,9 +733,6 @@ class PuzzleMix(Mixer):
     - The local-statistics term compares the inputs as given unless
       ``input_std`` says how they were normalised (the authors compare pixels
       in [0, 1]).
-    - The saliency pass (``clean_weight=0``): the authors run it in eval mode
-      (BatchNorm running statistics, no dropout); ``MixContext`` runs it in
-      the model's own mode with its buffers restored afterwards.
     - No adversarial perturbation (``adv_p``): the CIFAR command does not use
       it, and it needs the signed input gradient, which the context does not keep.
 
