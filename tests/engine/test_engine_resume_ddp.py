@@ -145,3 +145,31 @@ def test_two_gloo_ranks_end_with_identical_weights_and_lower_loss(tmp_path):
     assert final["steps"] == 16
     start = initial_test_loss(config)
     assert final["test_loss"] < 0.7 * start and math.isfinite(final["test_loss"])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+@pytest.mark.parametrize(
+    "mix",
+    [
+        # RankMixup runs the clean and the mixed batch through the DDP wrapper in two forward passes
+        {"method": "mixup", "options": {"alpha": 2.0}, "loss": "rankmixup"},
+        # the clean-loss stand-in carries gradients computed on the bare module, beside the wrapper's
+        {"method": "puzzlemix", "options": {"clean_weight": 1.0, "blocks": [2, 4]}, "loss": "bce_softmax"},
+    ],
+    ids=["rankmixup_two_passes", "puzzlemix_clean_loss"],
+)
+def test_two_gloo_ranks_stay_identical_with_extra_passes(tmp_path, mix):
+    root = write_fashion_like(tmp_path / "data", n_train=512, n_test=128)
+    config = tiny_config(root, mix=mix, train={"epochs": 1, "batch_size": 32})
+    path = write_config(tmp_path / "ddp.yaml", config)
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [str(worker), str(path), str(tmp_path / "out"), str(tmp_path)]
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), key
+    final = yaml.safe_load((tmp_path / "out" / "final.json").read_text())
+    assert final["steps"] == 8 and math.isfinite(final["test_loss"])
