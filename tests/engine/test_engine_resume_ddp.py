@@ -99,6 +99,16 @@ torch.save(result.mixer_state, os.path.join(sys.argv[3], f"mixer{os.environ['RAN
 """
 
 
+def train_on_two_ranks(tmp_path, config_path) -> None:
+    """Train ``config_path`` with torchrun on two gloo ranks; weights and mixer states land in ``tmp_path``."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [str(worker), str(config_path), str(tmp_path / "out"), str(tmp_path)]
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def initial_test_loss(config: dict) -> float:
     cfg = load_config(config)
     splits = load_dataset("fashion_mnist", root=config["data"]["root"])
@@ -117,21 +127,7 @@ def test_two_gloo_ranks_end_with_identical_weights_and_lower_loss(tmp_path):
     root = write_fashion_like(tmp_path / "data", n_train=1024, n_test=256)
     config = tiny_config(root, mix={"method": "mixup"}, train={"epochs": 1, "batch_size": 32})
     path = write_config(tmp_path / "ddp.yaml", {**config, "mix": {"method": "learned_mixup"}})
-    worker = tmp_path / "worker.py"
-    worker.write_text(WORKER)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(worker),
-        str(path),
-        str(tmp_path / "out"),
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    train_on_two_ranks(tmp_path, path)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for key, value in rank0.items():
         assert torch.equal(value, rank1[key]), key
@@ -162,12 +158,7 @@ def test_two_gloo_ranks_stay_identical_with_extra_passes(tmp_path, mix):
     root = write_fashion_like(tmp_path / "data", n_train=512, n_test=128)
     config = tiny_config(root, mix=mix, train={"epochs": 1, "batch_size": 32})
     path = write_config(tmp_path / "ddp.yaml", config)
-    worker = tmp_path / "worker.py"
-    worker.write_text(WORKER)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += [str(worker), str(path), str(tmp_path / "out"), str(tmp_path)]
-    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    train_on_two_ranks(tmp_path, path)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for key, value in rank0.items():
         assert torch.equal(value, rank1[key]), key

@@ -154,14 +154,14 @@ def test_batch_sampler_feeds_a_dataloader_and_the_mixer_pairs_each_anchor_with_i
     sampler = PartnerBatchSampler(pairing, batch_size=4, shuffle=True, seed=1)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_sampler=sampler)
     mixer = mixlab.Mixup(alpha=2.0, pairing=pairing)
-    partners = epoch_partners(pairing, sampler._anchors(), seed=1, epoch=0)
+    partners = epoch_partners(pairing, sampler._order(), seed=1, epoch=0)
     for step, (xb, yb) in enumerate(loader):
         mb = mixer(xb, yb, generator=torch.Generator().manual_seed(step))
         b = xb.shape[0] // 2
         assert mb.perm.tolist() == list(range(b, 2 * b)) + list(range(b))
         lam = float(mb.lam[0])
         assert bool((mb.lam == lam).all())  # one lambda per batch, as the authors' train()
-        anchors = sampler._anchors()[4 * step : 4 * step + b]
+        anchors = sampler._order()[4 * step : 4 * step + b]
         mates = partners[4 * step : 4 * step + b]
         torch.testing.assert_close(mb.inputs[:b], lam * x[anchors] + (1 - lam) * x[mates])
         torch.testing.assert_close(mb.mixed_target()[:b], lam * y[anchors] + (1 - lam) * y[mates])

@@ -39,7 +39,46 @@ def epoch_order(
     return order[rank::world_size]
 
 
-class TensorLoader:
+class EpochBatches:
+    """The epoch order and batch count that loaders and batch samplers share (see :func:`epoch_order`).
+
+    Example:
+        >>> batches = EpochBatches()
+        >>> batches._set_order(10, 4, shuffle=False, drop_last=False, seed=0, rank=0, world_size=1)
+        >>> len(batches), batches._order().tolist()[:3]
+        (3, [0, 1, 2])
+    """
+
+    def _set_order(
+        self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int, world_size: int
+    ) -> None:
+        self.size = size
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration follows."""
+        self.epoch = check_int("epoch", epoch)
+
+    def _order(self) -> Tensor:
+        return epoch_order(
+            self.size,
+            epoch=self.epoch,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+    def __len__(self) -> int:
+        count = len(self._order())
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+
+class TensorLoader(EpochBatches):
     """Batches ``(x, y)`` of tensors held on ``device``, in the order of :func:`epoch_order`.
 
     Call :meth:`set_epoch` before each epoch. Unshuffled batches are views
@@ -68,34 +107,6 @@ class TensorLoader:
             raise MixlabTypeError(f"x and y must have the same length; got {x.shape[0]} and {y.shape[0]}")
         self.x, self.y = x.to(device), y.to(device)
         self._set_order(x.shape[0], batch_size, shuffle, drop_last, seed, rank, world_size)
-
-    def _set_order(
-        self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int, world_size: int
-    ) -> None:
-        self.size = size
-        self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order the next iteration follows."""
-        self.epoch = epoch
-
-    def _order(self) -> Tensor:
-        return epoch_order(
-            self.size,
-            epoch=self.epoch,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-
-    def __len__(self) -> int:
-        count = len(self._order())
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     @property
     def num_samples(self) -> int:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from mixlab.batch import Forward, MixedBatch
-from mixlab.data.loader import TensorLoader, epoch_order
+from mixlab.data.loader import EpochBatches, TensorLoader
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_int
 from mixlab.sampling import CMixupPairing, derive_seed
 
@@ -62,7 +62,7 @@ def epoch_partners(pairing: CMixupPairing, anchors: Tensor, *, seed: int, epoch:
     return pairing.draw_partners(anchors, rng)
 
 
-class PartnerBatchSampler(torch.utils.data.Sampler):
+class PartnerBatchSampler(EpochBatches, torch.utils.data.Sampler):
     """A ``DataLoader`` batch sampler: ``batch_size`` anchors, then one partner per anchor.
 
     Anchors follow :func:`~mixlab.data.loader.epoch_order` (shuffled from
@@ -91,34 +91,18 @@ class PartnerBatchSampler(torch.utils.data.Sampler):
     ):
         _check_fitted(pairing)
         self.pairing = pairing
-        self.size = pairing.num_targets
-        self.batch_size = check_int("batch_size", batch_size, minimum=1)
-        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
-        self.seed, self.rank = check_int("seed", seed), check_int("rank", rank)
-        self.world_size = check_int("world_size", world_size, minimum=1)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose order and partners the next iteration follows."""
-        self.epoch = check_int("epoch", epoch)
-
-    def _anchors(self) -> Tensor:
-        return epoch_order(
-            self.size,
-            epoch=self.epoch,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            rank=self.rank,
-            world_size=self.world_size,
+        self._set_order(
+            pairing.num_targets,
+            batch_size,
+            bool(shuffle),
+            bool(drop_last),
+            check_int("seed", seed),
+            check_int("rank", rank),
+            check_int("world_size", world_size, minimum=1),
         )
 
-    def __len__(self) -> int:
-        count = len(self._anchors())
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
-
     def __iter__(self) -> Iterator[list[int]]:
-        anchors = self._anchors()
+        anchors = self._order()
         partners = epoch_partners(self.pairing, anchors, seed=self.seed, epoch=self.epoch, rank=self.rank)
         for step in range(len(self)):
             part = slice(step * self.batch_size, (step + 1) * self.batch_size)
