@@ -249,7 +249,7 @@ def test_moved_cells_carry_their_pixels() -> None:
 def test_clean_loss_scale_is_twice_clean_lam_over_num_classes(classes: int) -> None:
     """``main.py``: ``loss_batch = 2 * clean_lam * criterion_batch(output, target) / num_classes``, then its mean."""
     mb = MixedBatch.unmixed(torch.zeros(2, 1), torch.tensor([0, 1]))
-    mb.aux["puzzlemix_clean_loss"] = torch.tensor(2.5)
+    mb.aux["clean_loss"] = torch.tensor(2.5)
     terms = PuzzleMix(clean_weight=1.0).loss_terms(mb, torch.zeros(2, classes))
     torch.testing.assert_close(terms["clean"], torch.tensor(2 * 1.0 * 2.5 / classes))
 

@@ -56,7 +56,7 @@ from mixlab.errors import (
 )
 from mixlab.methods.base import Mixer, MixParams, unmixed_params
 from mixlab.methods.blocks import block_counts, block_index, block_saliency, expand_blocks
-from mixlab.methods.context import CLEAN_LOSS, SALIENCY, MixerNeeds
+from mixlab.methods.context import SALIENCY, MixerNeeds, clean_loss_terms, keep_clean_loss
 
 #: Smallest prior weight inside the log of the label prior (the code's ``log(alpha + 1e-8)``).
 PRIOR_FLOOR = 1e-8
@@ -751,8 +751,8 @@ class CoMixup(Mixer):
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
         """Assemble the outputs from the blocks ``params.extra`` names; keep the clean loss for :meth:`loss_terms`."""
-        clean = (context or {}).get(CLEAN_LOSS)
-        aux = {CLEAN_LOSS: clean} if clean is not None and self.clean_weight > 0 else {}
+        aux: dict[str, Any] = {}
+        keep_clean_loss(aux, context, self.clean_weight)
         if not params.mixed:
             mb = MixedBatch.unmixed(x, y)
             mb.aux.update(aux)
@@ -787,10 +787,7 @@ class CoMixup(Mixer):
             >>> CoMixup().loss_terms(mb, torch.zeros(2, 10))
             {'clean': tensor(0.5000)}
         """
-        loss = mb.aux.get(CLEAN_LOSS)
-        if loss is None or self.clean_weight == 0:
-            return {}
-        return {"clean": (2.0 * self.clean_weight / outputs.shape[-1]) * loss}
+        return clean_loss_terms(mb.aux, outputs, self.clean_weight)
 
     def __repr__(self) -> str:
         return (

@@ -263,6 +263,38 @@ def _fp16_autocast(device: torch.device) -> bool:
     return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16
 
 
+def keep_clean_loss(aux: dict[str, Any], context: dict[str, Any] | None, weight: float) -> None:
+    """Keep the saliency pass's clean loss (``context["clean_loss"]``) in a batch's ``aux`` when ``weight > 0``.
+
+    Example:
+        >>> aux = {}
+        >>> keep_clean_loss(aux, {"clean_loss": torch.tensor(1.5)}, 1.0)
+        >>> float(aux["clean_loss"])
+        1.5
+    """
+    clean = (context or {}).get(CLEAN_LOSS)
+    if weight > 0 and clean is not None:
+        aux[CLEAN_LOSS] = clean
+
+
+def clean_loss_terms(aux: dict[str, Any], outputs: Tensor, weight: float) -> dict[str, Tensor]:
+    """``{"clean": 2 · weight / K · CE(clean)}`` from a kept clean loss, or nothing without one.
+
+    PuzzleMix's and Co-Mixup's ``main.py`` back-propagate ``2 * clean_lam * CE / num_classes``
+    beside their mixed ``BCELoss(softmax(logits), target)``, a mean over the ``K`` classes,
+    so the clean cross-entropy is scaled by ``2 / K`` to keep that balance (Kim et al.,
+    ICML 2020, arXiv 2009.06962; Kim et al., ICLR 2021, arXiv 2102.03065).
+
+    Example:
+        >>> clean_loss_terms({"clean_loss": torch.tensor(2.5)}, torch.zeros(2, 10), 1.0)
+        {'clean': tensor(0.5000)}
+    """
+    clean = aux.get(CLEAN_LOSS)
+    if clean is None or weight == 0:
+        return {}
+    return {"clean": clean * (2.0 * weight / outputs.shape[-1])}
+
+
 def _clean_loss(model: nn.Module, inputs: Tensor, y: Tensor) -> Tensor:
     logits = model(inputs).float()
     if y.is_floating_point() and y.ndim == 2:  # soft labels
@@ -463,10 +495,12 @@ __all__ = [
     "MixContext",
     "MixerNeeds",
     "check_attention",
+    "clean_loss_terms",
     "find_modules",
     "forward_until",
     "frozen_buffers",
     "input_saliency",
+    "keep_clean_loss",
     "layer_outputs",
     "make_ema",
     "saliency_and_clean_loss",

@@ -33,7 +33,7 @@ from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_int, check_non_negative
 from mixlab.methods.base import Mixer, MixParams, label_weight, ratios_to_device
 from mixlab.methods.blocks import block_index, block_saliency, expand_blocks
-from mixlab.methods.context import CLEAN_LOSS, SALIENCY, MixerNeeds
+from mixlab.methods.context import SALIENCY, MixerNeeds, clean_loss_terms, keep_clean_loss
 
 #: The smoothness weight is ``beta / (SMOOTHNESS_SCALE * k)`` on a ``k x k`` grid, as in the authors'
 #: ``mixup_graph`` (``beta / block_num / 16``); the local-statistics term is also multiplied by it.
@@ -55,7 +55,6 @@ COARSE_SHIFTS = (0, 1)
 SOLVERS = ("auto", "exact", "icm")
 MIN_BLOCKS, MAX_BLOCKS = 2, 64
 MIN_LABELS, MAX_LABELS = 2, 4
-CLEAN_AUX = "puzzlemix_clean_loss"
 
 
 # ------------------------------------------------------------------ the block grid
@@ -847,21 +846,16 @@ class PuzzleMix(Mixer):
 
         Example:
             >>> mb = MixedBatch.unmixed(torch.zeros(2, 1), torch.tensor([0, 1]))
-            >>> mb.aux["puzzlemix_clean_loss"] = torch.tensor(1.5)
+            >>> mb.aux["clean_loss"] = torch.tensor(1.5)
             >>> PuzzleMix(clean_weight=1.0).loss_terms(mb, torch.zeros(2, 10))
             {'clean': tensor(0.3000)}
         """
-        clean = None if mb is None or self.clean_weight == 0 else mb.aux.get(CLEAN_AUX)
-        if clean is None:
-            return {}
-        return {"clean": clean * (2.0 * self.clean_weight / outputs.shape[-1])}
+        return {} if mb is None else clean_loss_terms(mb.aux, outputs, self.clean_weight)
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
         """Mix as ``params`` say; with ``clean_weight > 0`` the batch keeps ``context["clean_loss"]``."""
         mb = super().apply(x, y, params, context=context)
-        clean = (context or {}).get(CLEAN_LOSS)
-        if self.clean_weight > 0 and clean is not None:
-            mb.aux[CLEAN_AUX] = clean
+        keep_clean_loss(mb.aux, context, self.clean_weight)
         return mb
 
     def _sample_params(
