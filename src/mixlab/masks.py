@@ -57,14 +57,12 @@ def _aranges(shape: Shape, device: torch.device) -> list[torch.Tensor]:
 # ---------------------------------------------------------------- boxes
 
 
-def box_bounds(
-    shape: Shape, lam: np.ndarray, rng: np.random.Generator, centres: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def box_bounds(shape: Shape, lam: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw CutMix boxes of volume ``(1 - lam)`` of ``shape``, clipped to it.
 
     Each side is ``round(size * (1 - lam) ** (1 / d))`` for ``d`` spatial dims;
-    the centre is uniform over the positions unless ``centres`` ``(M, d)`` is
-    given (SaliencyMix). Boxes are clipped at the border, so the kept fraction
+    the centre is uniform over the positions (SaliencyMix places its boxes with
+    its authors' rule instead). Boxes are clipped at the border, so the kept fraction
     can exceed ``lam``: use :func:`box_keep_fraction` for the true one
     (Yun et al., ICCV 2019, arXiv 1905.04899).
 
@@ -76,13 +74,12 @@ def box_bounds(
         >>> int((hi - lo)[0, 0]) <= 5
         True
     """
-    if len(lam) == 1 and centres is None:
+    if len(lam) == 1:
         return _one_box(shape, float(lam[0]), rng)
     sizes = np.asarray(shape, dtype=np.int64)
     ratio = np.minimum(np.maximum(1.0 - np.asarray(lam, dtype=np.float64), 0.0), 1.0) ** (1.0 / len(shape))
     sides = np.rint(ratio[:, None] * sizes).astype(np.int64)
-    if centres is None:
-        centres = (rng.random((len(lam), len(shape))) * sizes).astype(np.int64)
+    centres = (rng.random((len(lam), len(shape))) * sizes).astype(np.int64)
     lo = centres - sides // 2
     hi = lo + sides
     return np.minimum(np.maximum(lo, 0), sizes), np.minimum(np.maximum(hi, 0), sizes)
