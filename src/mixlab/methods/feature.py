@@ -40,6 +40,7 @@ from mixlab.errors import (
 )
 from mixlab.methods.base import Mixer, MixParams, blend, interpolation_params, label_weight
 from mixlab.methods.context import FEATURES, INPUT, MODEL, MixerNeeds, find_modules, layer_outputs, unwrap
+from mixlab.methods.manifold import check_layer_names
 
 #: The smallest feature grid (cells per side) a default layer may have: AttentiveMix's 7x7.
 MIN_GRID = 7
@@ -741,13 +742,7 @@ class AlignMix(Mixer):
         if model is not None and not isinstance(model, nn.Module):
             raise MixlabTypeError(f"model must be an nn.Module; got {type(model).__name__}")
         self.model = model
-        if layers is not None:
-            if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
-                raise MixlabValueError(f"layers must be a non-empty list of module names; got {layers!r}")
-            if not all(isinstance(name, str) for name in layers):
-                raise MixlabTypeError(f"layers must be module names (str); got {list(layers)!r}")
-            layers = tuple(layers)
-        self.layers: tuple[str, ...] | None = layers
+        self.layers: tuple[str, ...] | None = None if layers is None else check_layer_names(layers)
         if model is not None:
             self.bind_model(model)
 

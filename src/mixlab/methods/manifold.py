@@ -66,7 +66,7 @@ class ManifoldMixup(Mixer):
 
     def __init__(self, *, layers: Sequence[str] | None = None, model: nn.Module | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.layers: tuple[str, ...] | None = None if layers is None else _check_layers(layers)
+        self.layers: tuple[str, ...] | None = None if layers is None else check_layer_names(layers)
         self.model = model
         if model is not None:
             self.bind_model(model)
@@ -84,7 +84,7 @@ class ManifoldMixup(Mixer):
             ('input', 'layer1', 'layer2')
         """
         if self.layers is None:
-            self.layers = _check_layers(getattr(unwrap(model), "default_manifold_layers", (INPUT,)))
+            self.layers = check_layer_names(getattr(unwrap(model), "default_manifold_layers", (INPUT,)))
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ``UnknownNameError`` listing the model's modules if a layer name is not among them."""
@@ -159,7 +159,13 @@ class _HiddenMix:
             handle.remove()
 
 
-def _check_layers(layers: Any) -> tuple[str, ...]:
+def check_layer_names(layers: Any) -> tuple[str, ...]:
+    """``layers`` as a tuple of module names; a string, an empty list or a non-name is refused.
+
+    Example:
+        >>> check_layer_names(["input", "block1"])
+        ('input', 'block1')
+    """
     if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
         raise MixlabValueError(f"layers must be a non-empty list of module names; got {layers!r}")
     if not all(isinstance(name, str) for name in layers):
