@@ -7,7 +7,13 @@ Example:
     1.0
 """
 
-from mixlab.evaluate.evaluate import EvalResult, EvalSettings, evaluate_checkpoint, evaluate_classifier
+from mixlab.evaluate.evaluate import (
+    EvalResult,
+    EvalSettings,
+    evaluate_checkpoint,
+    evaluate_classifier,
+    evaluate_regressor,
+)
 from mixlab.evaluate.metrics import (
     check_logits_and_targets,
     classification_metrics,
@@ -24,6 +30,7 @@ __all__ = [
     "classification_metrics",
     "evaluate_checkpoint",
     "evaluate_classifier",
+    "evaluate_regressor",
     "fgsm_accuracy",
     "fit_temperature",
     "noise_accuracy",

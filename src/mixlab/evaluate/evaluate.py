@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from mixlab.evaluate.metrics import (
     reliability_bins,
     temperature_scaled_metrics,
 )
+from mixlab.evaluate.predictions import SamplePredictions, classification_predictions, regression_predictions
 from mixlab.evaluate.robustness import DeviceLike, Preprocess, fgsm_accuracy, noise_accuracy, predict_logits
 
 
@@ -61,7 +62,8 @@ class EvalSettings(BaseModel):
 
 @dataclass
 class EvalResult:
-    """What :func:`evaluate_classifier` returns: scalar metrics and the test reliability diagram (both plain JSON).
+    """What :func:`evaluate_classifier` returns: scalar metrics, the test reliability diagram (both plain JSON)
+    and the per-sample test predictions (:mod:`mixlab.evaluate.predictions`), for paired comparisons.
 
     Example:
         >>> EvalResult({"top1": 1.0}, {"count": [1]}).as_dict()
@@ -69,11 +71,12 @@ class EvalResult:
     """
 
     metrics: dict[str, float]
-    reliability: dict[str, list[float]]
+    reliability: dict[str, list[float]] | None
+    predictions: SamplePredictions | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """``{"metrics": ..., "reliability": ...}``, ready for ``json.dumps``."""
-        return asdict(self)
+        """``{"metrics": ..., "reliability": ...}``, ready for ``json.dumps`` (the per-sample predictions are left out)."""
+        return {"metrics": dict(self.metrics), "reliability": self.reliability}
 
 
 def evaluate_classifier(
@@ -118,7 +121,42 @@ def evaluate_classifier(
     metrics["fgsm_acc"] = fgsm_accuracy(model, test.x, test.y, eps=settings.fgsm_eps, **common)
     metrics["noise_acc"] = noise_accuracy(model, test.x, test.y, std=settings.noise_std, seed=settings.seed, **common)
     metrics["num_test"] = len(test)
-    return EvalResult(metrics, reliability_bins(logits, test.y, n_bins=settings.n_bins))
+    reliability = reliability_bins(logits, test.y, n_bins=settings.n_bins)
+    return EvalResult(metrics, reliability, classification_predictions(logits, test.y))
+
+
+def evaluate_regressor(
+    model: nn.Module,
+    test: ArrayData,
+    *,
+    preprocess: Preprocess,
+    target_mean: float = 0.0,
+    target_scale: float = 1.0,
+    batch_size: int = 1000,
+    device: DeviceLike = None,
+) -> EvalResult:
+    """Test RMSE, MAE and MSE of a regressor, in the targets' units, with its per-sample errors.
+
+    The model predicts standardised targets (as the engine trains it):
+    ``output * target_scale + target_mean`` is compared with ``test.y``.
+
+    Example:
+        >>> from mixlab.data import ArrayData
+        >>> test = ArrayData(torch.zeros(4, 2), torch.full((4, 1), 3.0))
+        >>> model = torch.nn.Linear(2, 1)
+        >>> _ = torch.nn.init.zeros_(model.weight), torch.nn.init.ones_(model.bias)
+        >>> result = evaluate_regressor(model, test, preprocess=lambda b: b, target_mean=1.0, target_scale=2.0)
+        >>> result.metrics["rmse"], result.metrics["num_test"]
+        (0.0, 4)
+    """
+    _check_split("test", test, regression=True)
+    outputs = predict_logits(model, test.x, preprocess=preprocess, batch_size=batch_size, device=device)
+    target = test.y.float()
+    outputs = outputs.reshape(target.shape).double() * target_scale + target_mean
+    predictions = regression_predictions(outputs, target.double())
+    metrics = {name: predictions.metric(name) for name in predictions.statistics()}
+    metrics["num_test"] = len(test)
+    return EvalResult(metrics, None, predictions)
 
 
 def evaluate_checkpoint(
@@ -188,12 +226,19 @@ def _check_settings(settings: EvalSettings | None) -> EvalSettings:
     return settings
 
 
-def _check_split(name: str, split: Any) -> None:
+def _check_split(name: str, split: Any, *, regression: bool = False) -> None:
     if not isinstance(split, ArrayData):
         raise MixlabTypeError(
             f"{name} must be an ArrayData (tensors x, y); got {type(split).__name__}. "
             "Splits read lazily from image folders are not supported by the evaluation yet"
         )
+    if regression:
+        if not split.y.is_floating_point() or split.y.ndim not in (1, 2):
+            raise MixlabValueError(
+                f"{name}.y must hold float regression targets (N,) or (N, D); got dtype {split.y.dtype}, "
+                f"shape {tuple(split.y.shape)}"
+            )
+        return
     if split.y.ndim != 1 or split.y.is_floating_point():
         raise MixlabValueError(
             f"{name}.y must hold class indices (N,); got dtype {split.y.dtype}, shape {tuple(split.y.shape)}"
