@@ -7,6 +7,7 @@ Example:
     1.0
 """
 
+from mixlab.evaluate.catalog import METRICS, MetricInfo, metric_info
 from mixlab.evaluate.evaluate import (
     EvalResult,
     EvalSettings,
@@ -24,8 +25,10 @@ from mixlab.evaluate.metrics import (
 from mixlab.evaluate.robustness import fgsm_accuracy, noise_accuracy, predict_logits
 
 __all__ = [
+    "METRICS",
     "EvalResult",
     "EvalSettings",
+    "MetricInfo",
     "check_logits_and_targets",
     "classification_metrics",
     "evaluate_checkpoint",
@@ -33,6 +36,7 @@ __all__ = [
     "evaluate_regressor",
     "fgsm_accuracy",
     "fit_temperature",
+    "metric_info",
     "noise_accuracy",
     "predict_logits",
     "reliability_bins",
