@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.data import cifar, idx, imagefolder, mnist1d, tabular
+from mixlab.data.rotation import (
+    check_fraction_closed,
+    check_max_degrees,
+    check_optional_count,
+    load_rotated_fashion_mnist,
+)
 from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError, check_choice, check_int
 
 KINDS = ("files", "bundled", "generated", "path")
@@ -398,6 +404,51 @@ _register(
             Option("features", None, _optional_columns, "the feature columns (default: every other column)"),
             Option("delimiter", ",", _delimiter, "the field separator"),
             _SPLIT_SEED,
+        ),
+    )
+)
+
+
+# ---- rotated Fashion-MNIST (a regression task built from the Fashion-MNIST files) ----
+
+_register(
+    DatasetSpec(
+        name="rotated_fashion_mnist",
+        description=(
+            "Fashion-MNIST images each rotated by a random angle; the target is the angle / 360 (regression). "
+            "Optionally coloured as RCF-MNIST (C-Mixup, NeurIPS 2022)"
+        ),
+        task="regression",
+        kind="files",
+        loader=load_rotated_fashion_mnist,
+        input_shape=(1, 28, 28),
+        # Read from the Fashion-MNIST files, wherever fashion_mnist is found (aliases[0] names the apt folder).
+        aliases=("fashion-mnist", "fashion_mnist", "fashionmnist", "FashionMNIST/raw"),
+        needs=_IDX_NEEDS + " of Fashion-MNIST (`mixlab data fetch fashion_mnist` gets them)",
+        has_files=idx.has_idx_files,
+        apt_package="dataset-fashion-mnist",
+        homepage="https://github.com/huaxiuyao/C-Mixup",
+        citation=(
+            "Yao, Wang, Zhang, Zou & Finn, C-Mixup: Improving Generalization in Regression, NeurIPS 2022, "
+            "arXiv:2210.05775 (RCF-MNIST); images: Xiao, Rasul & Vollgraf, arXiv:1708.07747"
+        ),
+        options=(
+            Option("num_train", None, check_optional_count, "training images drawn from the 60,000 (None: all)"),
+            Option("num_test", None, check_optional_count, "test images drawn from the 10,000 (None: all)"),
+            Option("max_degrees", 360.0, check_max_degrees, "angles are drawn uniformly in [0, max_degrees)"),
+            Option(
+                "color",
+                "none",
+                _choice("none", "spurious"),
+                "'none' (grey) or 'spurious' (RCF-MNIST red/blue colour tied to the angle, inverted at test)",
+            ),
+            Option(
+                "spurious_fraction",
+                0.8,
+                check_fraction_closed,
+                "with color='spurious': share of training images whose colour follows the angle (test: the rest)",
+            ),
+            Option("generation_seed", 0, _seed, "seed of the angles, subsets and colours (fixed: data never move)"),
         ),
     )
 )
