@@ -46,6 +46,39 @@ def test_runs_are_recorded_then_skipped(tmp_path: Path) -> None:
     # the engine's own test accuracy and the evaluation's top-1 are the same number
     erm = records[0]
     assert erm.final["top1"] == pytest.approx(erm.epochs[-1]["test_acc"], abs=1e-6)
+    # every finished run keeps its per-sample test predictions, which give back its metrics
+    with ResultStore(tmp_path / "db") as store:
+        for record in store.records("tiny", with_predictions=True):
+            assert len(record.predictions) == 200
+            for name in ("top1", "nll", "brier", "ece"):
+                assert record.predictions.metric(name) == pytest.approx(record.final[name], abs=1e-5), name
+
+
+def test_a_regression_suite_is_evaluated_and_keeps_its_errors(tmp_path: Path) -> None:
+    suite = {
+        "name": "reg",
+        "base": {
+            "optim": {"name": "adamw", "lr": 1e-3},
+            "train": {"epochs": 2, "batch_size": 32, "progress": "off", "threads": 1},
+        },
+        "datasets": [{"name": "diabetes"}],
+        "models": ["mlp"],
+        "methods": [
+            {"name": "erm", "mix": {"loss": "mse"}},
+            {"name": "c_mixup", "mix": {"method": "mixup", "options": {"pairing": "c_mixup", "sigma": 1.0}, "loss": "mse"}},
+        ],
+        "seeds": [0],
+    }
+    path = tmp_path / "reg.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with ResultStore(tmp_path / "db") as store:
+        outcome = run_suite(_plan(path), store, output=tmp_path / "runs")
+        assert outcome.failed == [] and len(outcome.finished) == 2
+        for record in store.records("reg", with_predictions=True):
+            assert {"rmse", "mae", "mse", "num_test"} <= set(record.final) and "top1" not in record.final
+            assert record.predictions.task == "regression" and len(record.predictions) == record.final["num_test"]
+            # the evaluation's RMSE is the engine's own test RMSE, in the targets' units
+            assert record.final["rmse"] == pytest.approx(record.epochs[-1]["test_rmse"], rel=1e-4)
 
 
 def test_a_failed_run_is_recorded_and_the_suite_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,7 +80,12 @@ class BenchDisplay(NullDisplay):
         self._done += 1
         if error is not None:  # the epochs it will not do leave the ETA
             self._epochs_total -= spec.config.train.epochs - self._run_epochs.get(spec.key, 0)
-        if metrics is not None:
+        if metrics is not None and "rmse" in metrics:
+            line = (
+                f"[{self._done}/{self._total}] {spec.key}: RMSE {metrics['rmse']:.4g}, "
+                f"MAE {metrics.get('mae', float('nan')):.4g}, {metrics.get('wall_time_s', 0.0):.0f} s"
+            )
+        elif metrics is not None:
             line = (
                 f"[{self._done}/{self._total}] {spec.key}: top-1 {metrics.get('top1', float('nan')):.2%}, "
                 f"ECE {metrics.get('ece', float('nan')):.2%}, {metrics.get('wall_time_s', 0.0):.0f} s"

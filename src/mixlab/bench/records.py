@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mixlab.evaluate.predictions import SamplePredictions
+
 #: the method label that stands for training without mixing; step-time ratios are taken against it.
 BASELINE_METHOD = "erm"
 
@@ -16,7 +18,9 @@ class RunRecord:
     ``final`` holds the evaluation metrics (``top1``, ``nll``, ``ece``, ...) and the run's cost
     (``wall_time_s``, ``images_per_s``); ``epochs`` the per-epoch training records in order;
     ``reliability`` the test split's reliability-diagram bins (see
-    :func:`mixlab.evaluate.reliability_bins`), or ``None``.
+    :func:`mixlab.evaluate.reliability_bins`), or ``None``; ``predictions`` the
+    per-sample test predictions when the store was asked for them
+    (``ResultStore.records(with_predictions=True)``) and holds them.
 
     Example:
         >>> record = RunRecord("quick", 1, "fashion_mnist/cnn_small/mixup/seed0", "fashion_mnist", "cnn_small", "mixup", 0)
@@ -39,6 +43,7 @@ class RunRecord:
     started: str | None = None
     ended: str | None = None
     error: str | None = None
+    predictions: SamplePredictions | None = field(default=None, repr=False)
 
     @property
     def finished(self) -> bool:

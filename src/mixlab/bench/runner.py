@@ -31,8 +31,8 @@ from mixlab.bench.store import ResultStore
 from mixlab.bench.suite import RunSpec, SuiteError, SuitePlan
 from mixlab.engine.config import config_diff, config_to_dict
 from mixlab.engine.distributed import DistInfo, resolve_device
-from mixlab.engine.run import RESUMABLE_CHANGES, build_augment, run_info, train
-from mixlab.evaluate import evaluate_classifier
+from mixlab.engine.run import RESUMABLE_CHANGES, _target_stats, build_augment, run_info, train
+from mixlab.evaluate import EvalResult, evaluate_classifier, evaluate_regressor
 
 Event = tuple[str, str, Any]  # (kind, run key, payload): ("start" | "epoch" | "done" | "failed", key, ...)
 
@@ -198,7 +198,8 @@ class _EventHandler:
                 wall_time_s=payload["wall_time_s"],
                 versions=payload["versions"],
                 device=payload["device"],
-                artifacts={"reliability": payload["reliability"]},
+                artifacts={} if payload["reliability"] is None else {"reliability": payload["reliability"]},
+                predictions=payload["predictions"],
             )
             self._close(key, payload["metrics"], None)
         elif kind == "failed":
@@ -225,20 +226,21 @@ def execute_run(spec: RunSpec, output: str, emit: Callable[[Event], None]) -> No
     emit(("start", spec.key, os.getpid()))
     started = time.perf_counter()
     try:
-        metrics, reliability, info = _train_and_evaluate(spec, output, emit)
+        metrics, evaluation, info = _train_and_evaluate(spec, output, emit)
     except Exception as error:  # a failed run is recorded with its error; the suite goes on
         emit(("failed", spec.key, {"error": _describe(error), "wall_time_s": time.perf_counter() - started}))
         return
     wall = time.perf_counter() - started
     metrics["wall_time_s"] = wall
     emit(("done", spec.key, {
-        "metrics": metrics, "reliability": reliability, "wall_time_s": wall,
+        "metrics": metrics, "reliability": evaluation.reliability, "predictions": evaluation.predictions,
+        "wall_time_s": wall,
         "versions": {k: info[k] for k in ("mixlab", "torch", "numpy", "python", "platform")},
         "device": f"{info['device']} ({info['device_name']})",
     }))  # fmt: skip
 
 
-def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None]) -> tuple[dict, dict, dict]:
+def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None]) -> tuple[dict, EvalResult, dict]:
     config = spec.config
     result = train(
         config,
@@ -249,18 +251,19 @@ def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None
         on_epoch_end=lambda record: emit(("epoch", spec.key, record)),
     )
     splits = result.splits
-    if splits.task != "classification":
-        raise SuiteError(f"dataset {spec.dataset!r} is a {splits.task} task; suites evaluate classifiers only")
     device = resolve_device(config.train.device)
     augment = build_augment(config, splits)
-    evaluation = evaluate_classifier(
-        result.model.to(device),
-        splits.test,
-        val=splits.val,
-        preprocess=lambda x: augment(x, train=False),
-        settings=spec.evaluate,
-        device=device,
-    )
+    common = {"preprocess": lambda x: augment(x, train=False), "device": device}
+    if splits.task == "regression":
+        mean, scale = _target_stats(splits)
+        evaluation = evaluate_regressor(
+            result.model.to(device), splits.test, target_mean=mean, target_scale=scale,
+            batch_size=spec.evaluate.batch_size, **common,
+        )  # fmt: skip
+    else:
+        evaluation = evaluate_classifier(
+            result.model.to(device), splits.test, val=splits.val, settings=spec.evaluate, **common
+        )
     history = result.history
     speeds = [r["images_per_s"] for r in history[1:] or history]  # the first epoch includes warm-up
     metrics = {
@@ -269,7 +272,7 @@ def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None
         "train_time_s": result.final.get("total_train_time_s", 0.0),
         "epochs": result.final.get("epochs", len(history)),
     }
-    return metrics, evaluation.reliability, run_info(DistInfo(0, 1, device))
+    return metrics, evaluation, run_info(DistInfo(0, 1, device))
 
 
 def _describe(error: BaseException) -> str:

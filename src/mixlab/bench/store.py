@@ -9,7 +9,14 @@ Tables (``sqlite3 runs/mixlab.db .schema`` shows them):
   package versions, device, the error of a failed run and the attempt count;
 - ``epoch_metrics(run_id, epoch, metric, value)``: the training log, long format;
 - ``final_metrics(run_id, metric, value)``: evaluation metrics and cost;
-- ``artifacts(run_id, name, value)``: JSON blobs such as reliability-diagram bins.
+- ``artifacts(run_id, name, value)``: JSON blobs such as reliability-diagram bins;
+- ``predictions(run_id, split, task, num_samples, data)``: each run's per-sample test
+  predictions (:class:`mixlab.evaluate.predictions.SamplePredictions`, compressed), from
+  which any two runs are compared sample by sample.
+
+A store written by schema 1 (before ``predictions``) is migrated in place when opened,
+in one transaction that only adds the table; its runs keep everything they had, but
+have no predictions until they are run again.
 
 Every write is one transaction, so a killed process loses at most the run in
 progress, which is redone on the next launch. A file that is not a mixlab store,
@@ -34,8 +41,10 @@ from typing import Any
 
 from mixlab.bench.records import RunRecord
 from mixlab.errors import MixlabValueError
+from mixlab.evaluate.predictions import SamplePredictions
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the older schemas this version migrates in place, each to the next.
 #: PRAGMA application_id of a mixlab store ("MIXL"): tells our files from other SQLite databases.
 APPLICATION_ID = 0x4D49584C
 DEFAULT_STORE = Path("runs") / "mixlab.db"
@@ -91,9 +100,24 @@ CREATE TABLE artifacts (
 );
 CREATE INDEX runs_by_suite ON runs (suite, status);
 """
+_PREDICTIONS_TABLE = """
+CREATE TABLE predictions (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    split TEXT NOT NULL,
+    task TEXT NOT NULL,
+    num_samples INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, split)
+);
+"""
+_SCHEMA += _PREDICTIONS_TABLE
+#: the statements that migrate a store of schema N to N + 1 (adding only: nothing stored is changed).
+_MIGRATIONS = {1: _PREDICTIONS_TABLE}
 
 
-_TABLES = ("meta", "suites", "runs", "epoch_metrics", "final_metrics", "artifacts")
+_V1_TABLES = ("meta", "suites", "runs", "epoch_metrics", "final_metrics", "artifacts")
+#: the tables of each schema version.
+_TABLES = {1: _V1_TABLES, 2: (*_V1_TABLES, "predictions")}
 
 
 class StoreError(MixlabValueError):
@@ -118,12 +142,14 @@ class ResultStore:
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     store = ResultStore(Path(tmp) / "mixlab.db")
         ...     store.schema_version()
-        1
+        2
     """
 
     def __init__(self, path: str | os.PathLike = DEFAULT_STORE):
         self.path = Path(path)
-        _check_existing(self.path)
+        version = _check_existing(self.path)
+        if version is not None and version < SCHEMA_VERSION and not _writable(self.path):
+            raise StoreError(_migration_refused(self.path, version, "the file or its folder is not writable"))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -140,6 +166,26 @@ class ResultStore:
                     "INSERT INTO meta VALUES (?, ?)",
                     [("schema_version", str(SCHEMA_VERSION)), ("created", now())],
                 )
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older store to :data:`SCHEMA_VERSION`, all steps in one transaction (all or nothing)."""
+        if self.schema_version() == SCHEMA_VERSION:
+            return
+        try:
+            with self.transaction() as db:
+                version = int(db.execute("PRAGMA user_version").fetchone()[0])
+                while version < SCHEMA_VERSION:
+                    for statement in filter(str.strip, _MIGRATIONS[version].split(";")):
+                        db.execute(statement)
+                    version += 1
+                db.execute(f"PRAGMA user_version={version}")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version),))
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('migrated', ?)", (now(),))
+        except sqlite3.Error as error:
+            version = self.schema_version()
+            self.close()
+            raise StoreError(_migration_refused(self.path, version, str(error))) from None
 
     # ------------------------------------------------------------ basics
 
@@ -221,7 +267,7 @@ class ResultStore:
                 )
                 return int(cursor.lastrowid)
             run_id = int(row["id"])
-            for table in ("epoch_metrics", "final_metrics", "artifacts"):
+            for table in ("epoch_metrics", "final_metrics", "artifacts", "predictions"):
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             db.execute(
                 "UPDATE runs SET dataset = ?, model = ?, method = ?, seed = ?, config = ?, started = ?, output = ?,"
@@ -247,10 +293,17 @@ class ResultStore:
         versions: dict[str, Any] | None = None,
         device: str | None = None,
         artifacts: dict[str, Any] | None = None,
+        predictions: SamplePredictions | None = None,
     ) -> None:
-        """Store the final metrics and artifacts and mark the run finished, in one transaction."""
+        """Store the final metrics, artifacts and test predictions and mark the run finished, in one transaction."""
         rows = [(run_id, k, float(v)) for k, v in metrics.items() if _is_number(v)]
+        blob = None if predictions is None else predictions.to_bytes()
         with self.transaction() as db:
+            if predictions is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO predictions VALUES (?, 'test', ?, ?, ?)",
+                    (run_id, predictions.task, len(predictions), blob),
+                )
             db.executemany("INSERT OR REPLACE INTO final_metrics VALUES (?, ?, ?)", rows)
             db.executemany(
                 "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)",
@@ -272,13 +325,55 @@ class ResultStore:
 
     # ------------------------------------------------------------ reading
 
-    def records(self, suite: str | None = None) -> list[RunRecord]:
-        """Every run of ``suite`` (all suites when ``None``) with its metrics, in insertion order."""
+    def records(self, suite: str | None = None, *, with_predictions: bool = False) -> list[RunRecord]:
+        """Every run of ``suite`` (all suites when ``None``) with its metrics, in insertion order.
+
+        ``with_predictions`` also reads each run's test predictions (``RunRecord.predictions``).
+        """
         query, args = "SELECT * FROM runs", ()
         if suite is not None:
             query, args = query + " WHERE suite = ?", (suite,)
         runs = self._db.execute(query + " ORDER BY id", args).fetchall()
-        return [self._record(row) for row in runs]
+        records = [self._record(row) for row in runs]
+        if with_predictions:
+            for record in records:
+                record.predictions = self.predictions(record.run_id)
+        return records
+
+    def run_record(self, run_id: int, *, with_predictions: bool = True) -> RunRecord | None:
+        """One run by its id (``runs.id``), or ``None``."""
+        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        record = self._record(row)
+        if with_predictions:
+            record.predictions = self.predictions(run_id)
+        return record
+
+    def find_runs(self, text: str) -> list[RunRecord]:
+        """Runs named by ``text``: a run id, ``SUITE:KEY``, or a run key (in any suite), without predictions.
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     ResultStore(Path(tmp) / "s.db").find_runs("7")
+            []
+        """
+        if text.isdigit():
+            record = self.run_record(int(text), with_predictions=False)
+            return [] if record is None else [record]
+        suite, _, key = text.rpartition(":")
+        query, args = "SELECT * FROM runs WHERE key = ?", [key]
+        if suite:
+            query, args = query + " AND suite = ?", [key, suite]
+        return [self._record(row) for row in self._db.execute(query + " ORDER BY id", args)]
+
+    def predictions(self, run_id: int, split: str = "test") -> SamplePredictions | None:
+        """A run's stored per-sample predictions, or ``None`` (a run stored before schema 2, or unfinished)."""
+        row = self._db.execute(
+            "SELECT data FROM predictions WHERE run_id = ? AND split = ?", (run_id, split)
+        ).fetchone()
+        return None if row is None else SamplePredictions.from_bytes(row[0])
 
     def _record(self, row: sqlite3.Row) -> RunRecord:
         run_id = int(row["id"])
@@ -323,10 +418,26 @@ def _user_tables(db: sqlite3.Connection) -> set[str]:
     return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
-def _check_existing(path: Path) -> None:
-    """Refuse, without writing to it, a file that is not a mixlab store or has a newer schema."""
+def _writable(path: Path) -> bool:
+    """Whether this process may write the store and create its WAL files next to it."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _migration_refused(path: Path, version: int, reason: str) -> str:
+    return (
+        f"{str(path)!r} is a mixlab store of schema {version} and could not be migrated to schema {SCHEMA_VERSION} "
+        f"({reason}); nothing in it was changed. Make the file and its folder writable and open it again "
+        "(the migration, done in one transaction, only adds the predictions table), or choose another --store"
+    )
+
+
+def _check_existing(path: Path) -> int | None:
+    """Refuse, without writing to it, a file that is not a mixlab store or has a newer schema.
+
+    Returns the schema version of an existing store, ``None`` for a new (or empty) file.
+    """
     if not path.exists() or (path.is_file() and path.stat().st_size == 0):
-        return
+        return None
     if not path.is_file():
         raise StoreError(f"store path {str(path)!r} exists and is not a file")
     try:
@@ -344,7 +455,7 @@ def _check_existing(path: Path) -> None:
         ) from None
     if app_id != APPLICATION_ID:
         if not tables:  # an empty SQLite file: the schema is created in it
-            return
+            return None
         raise StoreError(
             f"{str(path)!r} is an SQLite database but not a mixlab results store (application_id {app_id:#x}, "
             f"tables: {', '.join(sorted(tables))}); it was left untouched. Choose another file with --store"
@@ -354,9 +465,10 @@ def _check_existing(path: Path) -> None:
             f"{str(path)!r} was written by a newer mixlab (store schema {version}; this version reads up to "
             f"{SCHEMA_VERSION}); it was left untouched. Upgrade mixlab or choose another file with --store"
         )
-    missing = sorted(set(_TABLES) - tables)
-    if version != SCHEMA_VERSION or missing:
+    missing = sorted(set(_TABLES.get(version, _TABLES[SCHEMA_VERSION])) - tables)
+    if version not in _TABLES or missing:
         raise StoreError(
             f"{str(path)!r} is a damaged mixlab store (schema {version}, missing tables: {', '.join(missing) or 'none'}; "
             f"expected schema {SCHEMA_VERSION}); it was left untouched. Choose another file with --store"
         )
+    return int(version)
