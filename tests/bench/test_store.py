@@ -194,7 +194,6 @@ def test_a_schema_1_store_is_migrated_in_place_keeping_its_runs(tmp_path: Path) 
 def test_a_schema_1_store_that_cannot_be_written_is_refused_unchanged(tmp_path: Path) -> None:
     """As an ordinary user meets it: a store file (and its folder) they may read but not write."""
     import os
-
     import shutil
     import tempfile
 
