@@ -101,9 +101,10 @@ def load_dataset(
     label_noise: float = 0.0,
     noise_kind: str = "symmetric",
     seed: int = 0,
+    imbalance_ratio: float | None = None,
     **options: Any,
 ) -> DataSplits:
-    """Load dataset ``name`` into :class:`DataSplits`, then hold out val, subset and add label noise to train.
+    """Load dataset ``name`` into :class:`DataSplits`, then hold out val, subset, unbalance and add label noise to train.
 
     Args:
         name: a registry name (see :func:`list_datasets`).
@@ -112,7 +113,10 @@ def load_dataset(
         subset_per_class: keep at most this many train samples per class (classification only).
         label_noise: fraction in [0, 1] of train labels changed, exactly ``round(rate * N)`` of them.
         noise_kind: ``"symmetric"`` (a uniformly drawn different class) or ``"flip"`` (class c -> c + 1 mod K).
-        seed: seeds the three steps above (each its own NumPy generator; no global RNG is touched).
+        seed: seeds the steps above and below (each its own NumPy generator; no global RNG is touched).
+        imbalance_ratio: make train long-tailed (after the subset): class ``c`` keeps
+            ``n_max * ratio ** (-c / (K - 1))`` samples, ``n_max`` the largest class count (Cao et al.,
+            NeurIPS 2019, arXiv 1906.07413); a label shift against the untouched test split. ``None``: off.
         **options: the dataset's own options (e.g. ``path``, ``image_size``, ``test_fraction``).
 
     Every option is checked before any file is read. ``info`` records what each step did.
@@ -123,20 +127,24 @@ def load_dataset(
         ({'train': 1294, 'val': 144, 'test': 359}, (64,), 259)
     """
     spec = get_spec(name)
-    val_fraction, subset_per_class, label_noise, noise_kind, seed = check_train_options(
-        val_fraction, subset_per_class, label_noise, noise_kind, seed
+    val_fraction, subset_per_class, label_noise, noise_kind, seed, imbalance_ratio = check_train_options(
+        val_fraction, subset_per_class, label_noise, noise_kind, seed, imbalance_ratio=imbalance_ratio
     )
     resolved = spec.resolve_options(options)
     task = resolved.get("task", spec.task) if spec.task == "auto" else spec.task
-    if task == "regression" and (subset_per_class is not None or label_noise > 0):
-        what = "subset_per_class" if subset_per_class is not None else "label_noise"
-        raise MixlabValueError(f"{what} needs classes; dataset {name!r} is a regression task")
+    class_options = {"subset_per_class": subset_per_class, "imbalance_ratio": imbalance_ratio}
+    class_options["label_noise"] = label_noise or None
+    given = [option for option, value in class_options.items() if value is not None]
+    if task == "regression" and given:
+        raise MixlabValueError(f"{given[0]} needs classes; dataset {name!r} is a regression task")
     if root is not None:
         root = Path(os.fspath(root)).expanduser()
     location = find_data(name, root) if spec.kind == "files" else root
     splits = spec.loader(location, spec, resolved)
     splits.info.update(dataset=name, options=_jsonable(resolved), seed=seed)
-    return apply_train_options(splits, val_fraction, subset_per_class, label_noise, noise_kind, seed)
+    return apply_train_options(
+        splits, val_fraction, subset_per_class, label_noise, noise_kind, seed, imbalance_ratio=imbalance_ratio
+    )
 
 
 def dataset_info(name: str, root: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:

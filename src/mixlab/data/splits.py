@@ -1,4 +1,4 @@
-"""Seeded splits, per-class subsets and label noise, applied to the train split by ``load_dataset``.
+"""Seeded splits, per-class subsets, long-tailed imbalance and label noise, applied to the train split by ``load_dataset``.
 
 Every function draws from a ``numpy.random.Generator`` it is given (see :func:`rng_for`); none touches a
 global RNG. Each step has its own stream, so changing one option (say ``val_fraction``) does not change
@@ -7,21 +7,29 @@ which labels another step (say the noise) picks beyond what the changed train se
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
 from mixlab.data.base import DataSplits
-from mixlab.errors import MixlabValueError, check_choice, check_int, check_non_negative, check_probability
+from mixlab.errors import (
+    MixlabTypeError,
+    MixlabValueError,
+    check_choice,
+    check_int,
+    check_non_negative,
+    check_probability,
+)
 
 NOISE_KINDS = ("symmetric", "flip")
 # One stream per purpose: the seed picks the run, the purpose keeps the steps independent.
-_STREAMS = {"test": 0, "val": 1, "subset": 2, "noise": 3}
+_STREAMS = {"test": 0, "val": 1, "subset": 2, "noise": 3, "imbalance": 4}
 
 
 def rng_for(seed: int, purpose: str) -> np.random.Generator:
-    """The generator for one purpose (``"test"``, ``"val"``, ``"subset"``, ``"noise"``) under ``seed``.
+    """The generator for one purpose (``"test"``, ``"val"``, ``"subset"``, ``"imbalance"``, ``"noise"``) under ``seed``.
 
     Example:
         >>> int(rng_for(0, "val").integers(100)) == int(rng_for(0, "val").integers(100))
@@ -94,6 +102,65 @@ def subset_indices(labels: np.ndarray | torch.Tensor, per_class: int, rng: np.ra
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
 
 
+def long_tailed_counts(num_classes: int, largest: int, ratio: float) -> np.ndarray:
+    """Per-class counts of an exponential long-tailed profile: class ``c`` gets ``largest * ratio ** (-c / (K - 1))``.
+
+    Class 0 keeps ``largest``, class ``K - 1`` keeps ``largest / ratio``; counts are rounded half up and
+    never below one. This is the long-tailed profile of Cao, Wei, Gaidon, Arechiga & Ma, "Learning
+    Imbalanced Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019, arXiv 1906.07413
+    (``n_c = n_max * mu ** c`` with ``mu = ratio ** (-1 / (K - 1))``).
+
+    Example:
+        >>> long_tailed_counts(4, 100, 10.0).tolist()
+        [100, 46, 22, 10]
+    """
+    num_classes = check_int("num_classes", num_classes, minimum=2)
+    largest = check_int("largest", largest, minimum=1)
+    ratio = check_imbalance_ratio(ratio)
+    shares = ratio ** (-np.arange(num_classes) / (num_classes - 1))
+    return np.maximum(np.floor(largest * shares + 0.5).astype(np.int64), 1)
+
+
+def check_imbalance_ratio(ratio: float) -> float:
+    """``ratio`` as a float if it is a finite real number >= 1 (largest class size over smallest), else raise.
+
+    Example:
+        >>> check_imbalance_ratio(100)
+        100.0
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise MixlabTypeError(f"imbalance_ratio must be a real number; got {ratio!r} of type {type(ratio).__name__}")
+    if not (np.isfinite(ratio) and ratio >= 1.0):
+        raise MixlabValueError(
+            f"imbalance_ratio must be a finite number >= 1 (largest class size over smallest); got {ratio!r}"
+        )
+    return float(ratio)
+
+
+def imbalance_indices(
+    labels: np.ndarray | torch.Tensor, num_classes: int, ratio: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted indices keeping a long-tailed subset of each class (see :func:`long_tailed_counts`), a seeded choice.
+
+    The largest class count of ``labels`` is the profile's head (class 0); a class with fewer samples
+    than its profile count keeps them all.
+
+    Example:
+        >>> labels = np.repeat(np.arange(3), 10)
+        >>> idx = imbalance_indices(labels, 3, 4.0, np.random.default_rng(0))
+        >>> np.bincount(labels[idx]).tolist()
+        [10, 5, 3]
+    """
+    labels = np.asarray(labels)
+    largest = int(np.bincount(labels, minlength=num_classes).max()) if len(labels) else 1
+    targets = long_tailed_counts(num_classes, largest, ratio)
+    kept = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        kept.append(members if len(members) <= targets[c] else rng.choice(members, size=targets[c], replace=False))
+    return np.sort(np.concatenate(kept))
+
+
 def add_label_noise(labels: torch.Tensor, num_classes: int, rate: float, kind: str, rng: np.random.Generator):
     """Return ``(noisy_labels, flipped)``: exactly ``round(rate * N)`` labels changed, at sorted indices ``flipped``.
 
@@ -118,13 +185,21 @@ def add_label_noise(labels: torch.Tensor, num_classes: int, rate: float, kind: s
 
 
 def check_train_options(
-    val_fraction: float, subset_per_class: int | None, label_noise: float, noise_kind: str, seed: int
+    val_fraction: float,
+    subset_per_class: int | None,
+    label_noise: float,
+    noise_kind: str,
+    seed: int,
+    *,
+    imbalance_ratio: float | None = None,
 ):
     """Validate the options ``load_dataset`` applies to the train split; return them normalised.
 
+    Returns ``(val_fraction, subset_per_class, label_noise, noise_kind, seed, imbalance_ratio)``.
+
     Example:
-        >>> check_train_options(0.1, None, 0, "flip", 3)
-        (0.1, None, 0.0, 'flip', 3)
+        >>> check_train_options(0.1, None, 0, "flip", 3, imbalance_ratio=10)
+        (0.1, None, 0.0, 'flip', 3, 10.0)
     """
     val_fraction = check_non_negative("val_fraction", val_fraction)
     if val_fraction >= 1.0:
@@ -133,7 +208,9 @@ def check_train_options(
         subset_per_class = check_int("subset_per_class", subset_per_class, minimum=1)
     label_noise = check_probability("label_noise", label_noise)
     noise_kind = check_choice("noise_kind", noise_kind, NOISE_KINDS)
-    return val_fraction, subset_per_class, label_noise, noise_kind, check_int("seed", seed)
+    if imbalance_ratio is not None:
+        imbalance_ratio = check_imbalance_ratio(imbalance_ratio)
+    return val_fraction, subset_per_class, label_noise, noise_kind, check_int("seed", seed), imbalance_ratio
 
 
 def apply_train_options(
@@ -143,10 +220,14 @@ def apply_train_options(
     label_noise: float,
     noise_kind: str,
     seed: int,
+    *,
+    imbalance_ratio: float | None = None,
 ) -> DataSplits:
-    """Hold out val, take the per-class subset, then add label noise, all on ``splits.train``, in place.
+    """Hold out val, take the per-class subset, make it long-tailed, then add label noise, on ``splits.train``, in place.
 
-    Each step records what it did in ``splits.info`` (``"val_split"``, ``"subset"``, ``"label_noise"``).
+    Each step records what it did in ``splits.info`` (``"val_split"``, ``"subset"``, ``"imbalance"``,
+    ``"label_noise"``). The val split is held out first, so it keeps the classes' original shares;
+    the test split is never touched.
     """
     classification = splits.task == "classification"
     if val_fraction > 0:
@@ -166,6 +247,8 @@ def apply_train_options(
             "num_before": before,
             "num_kept": len(splits.train),
         }
+    if imbalance_ratio is not None:
+        _make_long_tailed(splits, imbalance_ratio, seed)
     if label_noise > 0:
         _add_noise(splits, label_noise, noise_kind, seed)
     splits.info["sizes"] = splits.sizes()
@@ -195,6 +278,28 @@ def _hold_out_val(splits: DataSplits, fraction: float, seed: int, stratified: bo
         "stratified": stratified,
         "num_train": len(kept),
         "num_val": len(held),
+    }
+
+
+def _make_long_tailed(splits: DataSplits, ratio: float, seed: int) -> None:
+    if splits.task != "classification" or splits.num_classes is None:
+        raise MixlabValueError(
+            f"imbalance_ratio={ratio} needs classes; dataset {splits.name!r} is a {splits.task} task"
+        )
+    if splits.num_classes < 2:
+        raise MixlabValueError(
+            f"imbalance_ratio needs at least 2 classes; dataset {splits.name!r} has {splits.num_classes}"
+        )
+    before = len(splits.train)
+    kept = imbalance_indices(splits.train.labels, splits.num_classes, ratio, rng_for(seed, "imbalance"))
+    splits.train = splits.train.subset(kept)
+    splits.info["imbalance"] = {
+        "ratio": ratio,
+        "profile": "exponential",
+        "seed": seed,
+        "per_class": torch.bincount(splits.train.labels.long(), minlength=splits.num_classes).tolist(),
+        "num_before": before,
+        "num_kept": len(splits.train),
     }
 
 

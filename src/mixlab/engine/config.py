@@ -51,9 +51,15 @@ class DataConfig(_Strict):
     root: str | None = Field(None, description="looked in first, before $MIXLAB_DATA and the system locations")
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     subset_per_class: int | None = Field(None, gt=0)
+    imbalance_ratio: float | None = Field(
+        None,
+        ge=1.0,
+        allow_inf_nan=False,
+        description="long-tailed train split (after the subset): class c keeps n_max * ratio ** (-c / (K - 1))",
+    )
     label_noise: float = Field(0.0, ge=0.0, le=1.0)
     noise_kind: Literal["symmetric", "flip"] = "symmetric"
-    split_seed: int | None = Field(None, ge=0, description="seed of the split/subset/noise draws (train.seed if unset)")
+    split_seed: int | None = Field(None, ge=0, description="seed of the split/subset/imbalance/noise draws (train.seed if unset)")
     options: dict[str, Any] = Field(default_factory=dict, description="reader options, e.g. path/target for csv")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     workers: int = Field(2, ge=0, description="DataLoader workers for datasets read lazily from disk")
@@ -103,6 +109,12 @@ class MixConfig(_Strict):
     loss_options: dict[str, Any] = Field(default_factory=dict)
     smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing folded into the targets")
     schedule: list[ScheduleConfig] = Field(default_factory=list)
+    sampling: Literal["uniform", "class_balanced"] = Field(
+        "uniform",
+        description="how each epoch draws the training samples the mixer receives: uniform (each once, shuffled) "
+        "or class_balanced (with replacement, probability inverse to class frequency: the resampling that "
+        "selective mixup performs implicitly, Teney et al. 2023)",
+    )
 
     @field_validator("method")
     @classmethod

@@ -28,6 +28,7 @@ from mixlab.data import ArrayData, DataSplits, load_dataset
 from mixlab.data.augment import BatchAugment, channel_stats
 from mixlab.data.loader import FolderLoader, TensorLoader
 from mixlab.data.pairs import PartnerBatchSampler, PartnerTensorLoader, anchor_mixes
+from mixlab.data.resample import ClassBalancedFolderLoader, ClassBalancedTensorLoader
 from mixlab.engine import checkpoint as ckpt
 from mixlab.engine.builders import build_mixer, build_objective, build_optimizer, build_schedule, lr_factor
 from mixlab.engine.config import RunConfig, config_diff, config_to_dict
@@ -246,12 +247,14 @@ def load_run_data(config: RunConfig) -> DataSplits:
         subset_per_class=data.subset_per_class,
         label_noise=data.label_noise,
         noise_kind=data.noise_kind,
+        imbalance_ratio=data.imbalance_ratio,
         seed=config.train.seed if data.split_seed is None else data.split_seed,
         **data.options,
     )
 
 
 def _build_trainer(config: RunConfig, splits: DataSplits, dist: DistInfo, progress: bool | None, echo: bool) -> Trainer:
+    check_sampling(config, splits)
     settings = _loop_settings(config, splits, dist)
     target_mean, target_scale = _target_stats(splits)
     settings.target_scale = target_scale
@@ -523,6 +526,26 @@ def _target_stats(splits: DataSplits) -> tuple[float, float]:
     return float(y.mean()), std if std > 0 else 1.0
 
 
+def check_sampling(config: RunConfig, splits: DataSplits) -> None:
+    """Refuse ``mix.sampling: class_balanced`` on data without classes, before anything is built.
+
+    Example:
+        >>> from mixlab.data import ArrayData, DataSplits
+        >>> part = ArrayData(torch.zeros(4, 3), torch.zeros(4))
+        >>> splits = DataSplits("t", "regression", part, None, part, None, (3,), None, {})
+        >>> cfg = RunConfig.model_validate({"model": {"name": "mlp"}, "mix": {"loss": "mse", "sampling": "class_balanced"}})
+        >>> check_sampling(cfg, splits)
+        Traceback (most recent call last):
+        ...
+        mixlab.errors.MixlabValueError: mix.sampling 'class_balanced' draws samples by class frequency; dataset 't' is a regression task. Use mix.sampling: uniform
+    """
+    if config.mix.sampling == "class_balanced" and splits.task != "classification":
+        raise MixlabValueError(
+            f"mix.sampling 'class_balanced' draws samples by class frequency; dataset {splits.name!r} is a "
+            f"{splits.task} task. Use mix.sampling: uniform"
+        )
+
+
 def _loader(
     config: RunConfig,
     part: Any,
@@ -533,7 +556,16 @@ def _loader(
     target_scale: float,
     pairing: CMixupPairing | None = None,
 ) -> TensorLoader:
-    """The split's batches; with a fitted ``pairing``, each batch is its anchors followed by their partners."""
+    """The split's batches; with a fitted ``pairing``, each batch is its anchors followed by their partners.
+
+    With ``mix.sampling: class_balanced`` the training batches are class-balanced draws (evaluation stays uniform).
+    """
+    balanced = train and config.mix.sampling == "class_balanced"
+    if balanced and pairing is not None:
+        raise MixlabValueError(
+            "mix.sampling 'class_balanced' cannot be combined with the dataset-scope c_mixup pairing: its loader "
+            "draws each anchor's partner itself. Use mix.sampling: uniform, or pairing 'c_mixup_batch'"
+        )
     common = {
         "batch_size": config.train.batch_size if train else config.train.eval_batch_size,
         "shuffle": train,
@@ -543,11 +575,15 @@ def _loader(
         "rank": dist.rank,
         "world_size": dist.world_size,
     }
+    if balanced:
+        common.pop("shuffle")  # the class-balanced draw is random by itself
     if isinstance(part, ArrayData):
         y = loop_targets(part, target_mean, target_scale)
         if pairing is not None:
             return PartnerTensorLoader(part.x, y, pairing, **common)
-        return TensorLoader(part.x, y, **common)
+        return ClassBalancedTensorLoader(part.x, y, **common) if balanced else TensorLoader(part.x, y, **common)
+    if balanced:
+        return ClassBalancedFolderLoader(part, part.labels, workers=config.data.workers, **common)
     batches = None
     if pairing is not None:
         order = {k: v for k, v in common.items() if k != "device"}
