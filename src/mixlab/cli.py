@@ -1,4 +1,4 @@
-"""The ``mixlab`` command: ``bench``, ``report``, ``show``, ``eval``, ``train`` and ``data list|info|fetch``.
+"""The ``mixlab`` command: ``bench``, ``report``, ``compare``, ``show``, ``eval``, ``train`` and ``data list|info|fetch``.
 
 Errors that mixlab raises on purpose are shown as one clear message (exit
 status 2), without a traceback.
@@ -191,6 +191,50 @@ def _write_and_print_report(records: list, suite: str, report_dir: Path, data_ro
 
 
 @app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="A run: its id, SUITE:KEY, or its key (e.g. quick:fashion_mnist/cnn_small/mixup/seed0).")],
+    run_b: Annotated[str, typer.Argument(help="The run it is compared with (the difference is A − B).")],
+    store: Annotated[Path, typer.Option("--store", help="The results store (SQLite).")] = Path("runs/mixlab.db"),
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples of the test set.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+) -> None:
+    """Compare two stored runs sample by sample: paired bootstrap 95 % intervals and McNemar's test."""
+    from mixlab.bench.comparisons import compare_runs, comparison_rows, describe_run, format_p_value
+    from mixlab.bench.store import ResultStore, StoreError
+
+    with _reported():
+        if not store.is_file():
+            raise StoreError(f"no results store at {str(store)!r}; run `mixlab bench` first or pass --store")
+        with ResultStore(store) as results:
+            a, b = (_one_run(results, text) for text in (run_a, run_b))
+        comparison = compare_runs(a, b, resamples=resamples, seed=seed)
+    table = Table(title=f"A = {describe_run(a)}\nB = {describe_run(b)}", title_justify="left")
+    for header in ("statistic", "A", "B", "A − B [95 % interval]"):
+        table.add_column(header, justify="left" if header == "statistic" else "right")
+    for row in comparison_rows(a, b, comparison):
+        table.add_row(*row)
+    out.print(table)
+    notes = [f"{comparison.num_samples} test samples, {comparison.resamples} paired bootstrap resamples (seed {seed})"]
+    if comparison.mcnemar_p is not None:
+        notes.append(f"McNemar's exact test of equal top-1: p = {format_p_value(comparison.mcnemar_p[0])}")
+    out.print("; ".join(notes) + ". * marks an interval that excludes 0.", highlight=False)
+
+
+def _one_run(results, text: str):
+    """The single run ``text`` names in the store, with its predictions; a clear error otherwise."""
+    from mixlab.bench.store import StoreError
+
+    found = results.find_runs(text)
+    if len(found) != 1:
+        what = "no run" if not found else f"{len(found)} runs ({', '.join(f'id {r.run_id}: {r.suite}' for r in found)})"
+        raise StoreError(
+            f"{what} in the store match {text!r}; name a run by its id, SUITE:KEY or a key unique in the store "
+            "(sqlite3 STORE 'SELECT id, suite, key FROM runs' lists them)"
+        )
+    return results.run_record(found[0].run_id, with_predictions=True)
+
+
+@app.command()
 def show(
     method: Annotated[str, typer.Argument(help="A mixer name, e.g. cutmix.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Whose test images to mix.")] = "fashion_mnist",
@@ -290,6 +334,86 @@ def data_fetch(
     with _reported():
         path = fetch_dataset(name, root)
     out.print(f"{name} is in {path}", highlight=False)
+
+
+@app.command()
+def claims(
+    names: Annotated[list[str] | None, typer.Argument(help="Claim names or files (default: every claim).")] = None,
+    store: Annotated[Path, typer.Option("--store", help="The results store (SQLite).")] = Path("runs/mixlab.db"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directories go under OUTPUT/<suite>.")] = Path("runs"),
+    report_dir: Annotated[Path, typer.Option("--report", help="Where claims.md and claims.html go.")] = Path("report"),
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Runs trained at once, one process each.")] = 1,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="Look for data here first.")] = None,
+    list_only: Annotated[
+        bool, typer.Option("--list", help="List the claims (statement, paper, runs, budget) and stop.")
+    ] = False,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Decide the claims from what the store holds; train nothing.")
+    ] = False,
+) -> None:
+    """Test published findings about mixup: run each claim's suite (resuming), decide it, write the claims report."""
+    from mixlab.bench.claims import list_claim_details, run_claims, write_claims_report
+    from mixlab.bench.display import BenchDisplay
+    from mixlab.bench.store import ResultStore, StoreError
+
+    if list_only:
+        with _reported():
+            listings = list_claim_details(names, store=store, data_root=data_root)
+        _print_claim_listings(listings)
+        if not all(listing.valid for listing in listings):
+            raise typer.Exit(1)
+        return
+    with _reported():
+        if report_only and not store.is_file():
+            raise StoreError(f"no results store at {str(store)!r}; run `mixlab claims` first or pass --store")
+        with ResultStore(store) as results:
+            outcomes = run_claims(
+                names, results, output=output, workers=workers, data_root=data_root, train=not report_only,
+                display=lambda item: _announce_claim(item, BenchDisplay(err)),
+            )  # fmt: skip
+        paths = write_claims_report(outcomes, report_dir)
+    _print_claim_results(outcomes)
+    out.print(f"claims report: {paths['markdown']} and {paths['html']}", highlight=False)
+    if any(outcome.error for outcome in outcomes):
+        raise typer.Exit(1)
+
+
+def _announce_claim(item, display):
+    """Say which claim's suite runs next; return the suite's progress display."""
+    err.print(f"[bold]claim {item.claim.name}[/]: suite {item.suite!r}, {len(item.plan.runs)} runs", highlight=False)
+    return display
+
+
+def _print_claim_listings(listings: list) -> None:
+    for listing in listings:
+        if not listing.valid:
+            out.print(f"[bold red]{listing.name}[/]: invalid: {listing.error}", highlight=False, soft_wrap=True)
+            continue
+        claim = listing.claim
+        measured = ""
+        if listing.measured_s is not None:
+            measured = f", measured {listing.measured_s / 60:.1f} min ({listing.finished_runs} finished runs in the store)"
+        out.print(
+            f"[bold]{claim.name}[/]: {claim.statement}\n"
+            f"    {claim.paper.citation} ({claim.paper.where})\n"
+            f"    suite {listing.suite}: {listing.runs} runs, budget {claim.budget_minutes:g} min{measured}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _print_claim_results(outcomes: list) -> None:
+    from mixlab.bench.claims import describe_check
+
+    colours = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow"}
+    table = Table("claim", "mixlab (95 % interval)", "verdict", title="claims", title_justify="left")
+    for outcome in outcomes:
+        lines = [describe_check(check) for check in outcome.checks]
+        if outcome.error:
+            lines.append(f"error: {outcome.error}")
+        colour = colours.get(outcome.verdict, "white")
+        table.add_row(outcome.claim.name, "\n".join(lines), f"[{colour}]{outcome.verdict}[/]")
+    out.print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
