@@ -142,7 +142,7 @@ def test_bad_pairs_are_refused() -> None:
         compare_predictions([a], [classification_predictions(*_logits(100, seed=9))])
     with pytest.raises(MixlabValueError, match="one baseline run per method run"):
         compare_predictions([a, a], [a])
-    with pytest.raises(MixlabValueError, match="cannot be compared.*known: top1"):
+    with pytest.raises(MixlabValueError, match=r"cannot be compared.*known: top1"):
         compare_predictions([a], [a], ["rmse"])
     with pytest.raises(MixlabValueError, match="level must be"):
         compare_predictions([a], [a], level=95)
