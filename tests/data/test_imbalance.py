@@ -137,6 +137,39 @@ def test_regression_and_single_class_data_are_refused():
         _unbalance(_toy(num_classes=1), 2.0)
 
 
+def test_class_selection_keeps_and_relabels_every_split_before_the_imbalance():
+    full = load_dataset("digits", seed=0)
+    s = load_dataset("digits", classes=[8, 3], imbalance_ratio=5.0, seed=0)
+    assert s.num_classes == 2 and s.class_names == [full.class_names[8], full.class_names[3]]
+    for name in ("train", "test"):
+        assert set(getattr(s, name).y.tolist()) == {0, 1}
+    assert torch.equal(s.test.x, full.test.x[(full.test.y == 8) | (full.test.y == 3)])
+    assert torch.equal(s.test.y, (full.test.y[(full.test.y == 8) | (full.test.y == 3)] == 3).long())
+    counts = [int((full.train.y == c).sum()) for c in (8, 3)]
+    assert torch.bincount(s.train.y).tolist() == [counts[0], round(max(counts) / 5)]
+    assert s.info["classes"]["kept"] == [8, 3] and s.info["classes"]["sizes_before"] == full.sizes()
+
+
+@pytest.mark.parametrize(
+    ("classes", "error", "match"),
+    [
+        ([0, 10], MixlabValueError, r"classes \[10\] are not classes of dataset 'digits', which has 10"),
+        ([1, 1], MixlabValueError, "at least two distinct class indices"),
+        ([2], MixlabValueError, "at least two distinct class indices"),
+        ("01", MixlabTypeError, "classes must be a list of class indices"),
+        ([0, 1.5], MixlabTypeError, "classes item must be an int"),
+    ],
+)
+def test_bad_class_selections_are_refused(classes, error, match):
+    with pytest.raises(error, match=match):
+        load_dataset("digits", classes=classes)
+
+
+def test_class_selection_needs_classes():
+    with pytest.raises(MixlabValueError, match="classes needs classes; dataset 'diabetes' is a regression task"):
+        load_dataset("diabetes", classes=[0, 1])
+
+
 # ------------------------------------------------------------------ class-balanced resampling
 
 
@@ -239,6 +272,9 @@ def test_config_fields_are_validated():
         load_config({"data": {"imbalance_ratio": float("inf")}})
     with pytest.raises(ConfigError, match=r"mix.sampling: Input should be 'uniform' or 'class_balanced'.*got 'balanced'"):
         load_config({"mix": {"sampling": "balanced"}})
+    assert load_config({"data": {"classes": [0, 6]}}).data.classes == [0, 6]
+    with pytest.raises(ConfigError, match=r"data.classes: classes must list at least two distinct"):
+        load_config({"data": {"classes": [4, 4]}})
 
 
 def _digits_config(**mix):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from mixlab.data.base import DataSplits
 from mixlab.data.fetch import fetch_destination
 from mixlab.data.locate import DataNotFoundError, candidate_dirs
 from mixlab.data.registry import DATASETS, REQUIRED, DatasetSpec, get_spec
-from mixlab.data.splits import apply_train_options, check_train_options
+from mixlab.data.splits import apply_train_options, check_classes, check_train_options, select_classes
 from mixlab.errors import MixlabError, MixlabValueError
 
 
@@ -102,6 +103,7 @@ def load_dataset(
     noise_kind: str = "symmetric",
     seed: int = 0,
     imbalance_ratio: float | None = None,
+    classes: Sequence[int] | None = None,
     **options: Any,
 ) -> DataSplits:
     """Load dataset ``name`` into :class:`DataSplits`, then hold out val, subset, unbalance and add label noise to train.
@@ -117,6 +119,8 @@ def load_dataset(
         imbalance_ratio: make train long-tailed (after the subset): class ``c`` keeps
             ``n_max * ratio ** (-c / (K - 1))`` samples, ``n_max`` the largest class count (Cao et al.,
             NeurIPS 2019, arXiv 1906.07413); a label shift against the untouched test split. ``None``: off.
+        classes: keep only these classes in every split (train, val, test), relabelled ``0..k-1`` in this
+            order, before the steps above (e.g. ``[0, 6]``: a binary task). ``None``: all classes.
         **options: the dataset's own options (e.g. ``path``, ``image_size``, ``test_fraction``).
 
     Every option is checked before any file is read. ``info`` records what each step did.
@@ -132,7 +136,8 @@ def load_dataset(
     )
     resolved = spec.resolve_options(options)
     task = resolved.get("task", spec.task) if spec.task == "auto" else spec.task
-    class_options = {"subset_per_class": subset_per_class, "imbalance_ratio": imbalance_ratio}
+    classes = check_classes(classes)
+    class_options = {"classes": classes, "subset_per_class": subset_per_class, "imbalance_ratio": imbalance_ratio}
     class_options["label_noise"] = label_noise or None
     given = [option for option, value in class_options.items() if value is not None]
     if task == "regression" and given:
@@ -142,6 +147,8 @@ def load_dataset(
     location = find_data(name, root) if spec.kind == "files" else root
     splits = spec.loader(location, spec, resolved)
     splits.info.update(dataset=name, options=_jsonable(resolved), seed=seed)
+    if classes is not None:
+        select_classes(splits, classes)
     return apply_train_options(
         splits, val_fraction, subset_per_class, label_noise, noise_kind, seed, imbalance_ratio=imbalance_ratio
     )

@@ -8,6 +8,7 @@ which labels another step (say the noise) picks beyond what the changed train se
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,61 @@ def subset_indices(labels: np.ndarray | torch.Tensor, per_class: int, rng: np.ra
         members = np.flatnonzero(labels == c)
         kept.append(members if len(members) <= per_class else rng.choice(members, size=per_class, replace=False))
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+
+
+def check_classes(classes: Sequence[int] | None) -> list[int] | None:
+    """``classes`` as a list of distinct class indices (at least two), or ``None``; else raise.
+
+    Example:
+        >>> check_classes((0, 6))
+        [0, 6]
+    """
+    if classes is None:
+        return None
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise MixlabTypeError(f"classes must be a list of class indices, e.g. [0, 6]; got {classes!r}")
+    chosen = [check_int("classes item", c) for c in classes]
+    if len(chosen) < 2 or len(set(chosen)) != len(chosen):
+        raise MixlabValueError(f"classes must list at least two distinct class indices; got {list(classes)!r}")
+    return chosen
+
+
+def select_classes(splits: DataSplits, classes: Sequence[int]) -> DataSplits:
+    """Keep only ``classes`` in every split (train, val, test), relabelled ``0..k-1`` in the order given, in place.
+
+    Recorded in ``splits.info["classes"]``; ``num_classes`` and ``class_names`` follow. It runs before
+    the train options, so class 0 of an imbalance profile is ``classes[0]``.
+
+    Example:
+        >>> from mixlab.data.base import ArrayData
+        >>> part = ArrayData(torch.zeros(6, 1), torch.tensor([0, 1, 2, 0, 1, 2]))
+        >>> s = select_classes(DataSplits("t", "classification", part, None, part, 3, (1,), ["a", "b", "c"], {}), [2, 0])
+        >>> s.train.y.tolist(), s.num_classes, s.class_names
+        ([1, 0, 1, 0], 2, ['c', 'a'])
+    """
+    chosen = check_classes(classes)
+    if splits.task != "classification" or splits.num_classes is None:
+        raise MixlabValueError(f"classes={chosen} needs classes; dataset {splits.name!r} is a {splits.task} task")
+    unknown = [c for c in chosen if c >= splits.num_classes]
+    if unknown:
+        raise MixlabValueError(
+            f"classes {unknown} are not classes of dataset {splits.name!r}, which has {splits.num_classes} "
+            f"(0 to {splits.num_classes - 1})"
+        )
+    relabel = torch.full((splits.num_classes,), -1, dtype=torch.int64)
+    relabel[torch.tensor(chosen)] = torch.arange(len(chosen))
+    before = splits.sizes()
+    for name in ("train", "val", "test"):
+        part = getattr(splits, name)
+        if part is not None:
+            kept = relabel[part.labels.long()]
+            index = torch.nonzero(kept >= 0).squeeze(1)
+            setattr(splits, name, part.subset(index.numpy()).with_labels(kept[index]))
+    names = splits.class_names
+    splits.num_classes = len(chosen)
+    splits.class_names = [names[c] for c in chosen] if names else None
+    splits.info["classes"] = {"kept": chosen, "names": splits.class_names, "sizes_before": before}
+    return splits
 
 
 def long_tailed_counts(num_classes: int, largest: int, ratio: float) -> np.ndarray:

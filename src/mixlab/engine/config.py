@@ -57,6 +57,9 @@ class DataConfig(_Strict):
         allow_inf_nan=False,
         description="long-tailed train split (after the subset): class c keeps n_max * ratio ** (-c / (K - 1))",
     )
+    classes: list[int] | None = Field(
+        None, min_length=2, description="keep only these classes (every split), relabelled 0..k-1 in this order"
+    )
     label_noise: float = Field(0.0, ge=0.0, le=1.0)
     noise_kind: Literal["symmetric", "flip"] = "symmetric"
     split_seed: int | None = Field(None, ge=0, description="seed of the split/subset/imbalance/noise draws (train.seed if unset)")
@@ -70,6 +73,13 @@ class DataConfig(_Strict):
         from mixlab.data import list_datasets
 
         return _known("dataset", name, list_datasets())
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, classes: list[int] | None) -> list[int] | None:
+        from mixlab.data.splits import check_classes
+
+        return _as_value_error(check_classes, classes)
 
 
 class ModelConfig(_Strict):

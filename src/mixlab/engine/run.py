@@ -248,6 +248,7 @@ def load_run_data(config: RunConfig) -> DataSplits:
         label_noise=data.label_noise,
         noise_kind=data.noise_kind,
         imbalance_ratio=data.imbalance_ratio,
+        classes=data.classes,
         seed=config.train.seed if data.split_seed is None else data.split_seed,
         **data.options,
     )
