@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixlab.data import cifar, idx, imagefolder, mnist1d, tabular
+from mixlab.data import cifar, idx, imagefolder, mnist1d, synthetic, tabular
 from mixlab.data.rotation import (
     check_fraction_closed,
     check_max_degrees,
@@ -449,6 +449,76 @@ _register(
                 "with color='spurious': share of training images whose colour follows the angle (test: the rest)",
             ),
             Option("generation_seed", 0, _seed, "seed of the angles, subsets and colours (fixed: data never move)"),
+        ),
+    )
+)
+
+
+# ---- synthetic feature-learning data from theory papers on mixup (generated in memory, no files) ----
+
+_register(
+    DatasetSpec(
+        name="rare_features",
+        description=(
+            "Synthetic patch data, 2 classes: a common feature in most samples, a rare one in a few, weak feature "
+            "noise and Gaussian noise patches (Zou et al., ICML 2023); generated in memory"
+        ),
+        task="classification",
+        kind="generated",
+        loader=synthetic.load_rare_features,
+        num_classes=2,
+        class_names=("0", "1"),
+        citation=(
+            "Zou, Cao, Li & Gu, The Benefits of Mixup for Feature Learning, ICML 2023, arXiv:2303.08433 "
+            "(the feature-noise data model)"
+        ),
+        options=(
+            Option("num_train", 500, _positive_int, "training samples"),
+            Option("num_test", 2000, _positive_int, "test samples (same distribution as train)"),
+            Option("dim", 1000, _positive_int, "dimension d of each patch (>= 2)"),
+            Option(
+                "num_patches",
+                3,
+                _positive_int,
+                "patches per sample: feature, feature noise, then Gaussian noise (>= 3)",
+            ),
+            Option("rare_fraction", 0.1, synthetic.check_open_fraction, "share of samples carrying the rare feature"),
+            Option(
+                "feature_noise", 0.1, synthetic.check_non_negative_real, "strength of the other class's common feature"
+            ),
+            Option("noise_std", 0.133, synthetic.check_non_negative_real, "std of each Gaussian noise coordinate"),
+            Option("generation_seed", 0, _seed, "seed of the features and both splits (fixed: data never move)"),
+        ),
+    )
+)
+
+_register(
+    DatasetSpec(
+        name="multi_view",
+        description=(
+            "Synthetic patch data, k classes with two views (features) each: training samples show both views, "
+            "test samples one (Chidambaram et al., ICML 2023); generated in memory"
+        ),
+        task="classification",
+        kind="generated",
+        loader=synthetic.load_multi_view,
+        citation=(
+            "Chidambaram, Wang, Wu & Ge, Provably Learning Diverse Features in Multi-View Data with Midpoint Mixup, "
+            "ICML 2023, arXiv:2210.13512 (the noisy multi-view distribution)"
+        ),
+        homepage="https://github.com/2014mchidamb/midpoint-mixup-multi-view-icml",
+        options=(
+            Option("num_train", 1000, _positive_int, "training samples (the authors' simulation: 1000)"),
+            Option("num_test", 1000, _positive_int, "test samples"),
+            Option("num_classes", 10, lambda n, v: check_int(n, v, minimum=2), "classes k"),
+            Option("dim", 81, _positive_int, "dimension d of each patch (>= 2k; the authors' 9x9 patches: 81)"),
+            Option("num_patches", 9, _positive_int, "patches per sample: 2 signal, the rest feature noise (>= 3)"),
+            Option("signal_range", (0.25, 0.5), synthetic.check_signal_range, "[low, high] of a view's strength"),
+            Option(
+                "feature_noise", 1.0, synthetic.check_non_negative_real, "feature noise = this * U(0.25, 0.75) / k^1.5"
+            ),
+            Option("test_views", "one", synthetic.check_test_views, "'one' view per test sample, or 'both'"),
+            Option("generation_seed", 0, _seed, "seed of the features and both splits (fixed: data never move)"),
         ),
     )
 )

@@ -26,6 +26,7 @@ from torch import nn
 
 from mixlab.errors import MixlabTypeError, MixlabValueError, UnknownNameError, check_int
 from mixlab.models.base import Backbone, count_parameters
+from mixlab.models.patch import PatchCNN, patch_cnn
 from mixlab.models.resnet import PreActBlock, PreActResNet, WideResNet, preact_resnet18, wrn_28_k
 from mixlab.models.small import MLP, CNN1d, CNNSmall, cnn1d, cnn_small, mlp
 from mixlab.models.timm_adapter import MissingDependencyError, TimmBackbone, timm_model
@@ -38,6 +39,7 @@ MODELS: dict[str, ModelBuilder] = {
     "cnn_small": cnn_small,
     "cnn1d": cnn1d,
     "mlp": mlp,
+    "patch_cnn": patch_cnn,
     "preact_resnet18": preact_resnet18,
     "wrn_28_k": wrn_28_k,
     "vit_tiny": vit_tiny,
@@ -54,7 +56,7 @@ def list_models() -> list[str]:
 
     Example:
         >>> list_models()
-        ['cnn1d', 'cnn_small', 'mlp', 'preact_resnet18', 'vit_tiny', 'wrn_28_k', 'timm:<name>']
+        ['cnn1d', 'cnn_small', 'mlp', 'patch_cnn', 'preact_resnet18', 'vit_tiny', 'wrn_28_k', 'timm:<name>']
     """
     return [*sorted(MODELS), f"{TIMM_PREFIX}<name>"]
 
@@ -137,6 +139,7 @@ __all__ = [
     "CNNSmall",
     "MissingDependencyError",
     "ModelBuilder",
+    "PatchCNN",
     "PreActBlock",
     "PreActResNet",
     "TimmBackbone",
@@ -149,6 +152,7 @@ __all__ = [
     "is_known_model",
     "list_models",
     "mlp",
+    "patch_cnn",
     "preact_resnet18",
     "timm_model",
     "vit_tiny",
