@@ -1017,6 +1017,16 @@ def format_value(statistic: str, value: float) -> str:
     return f"{value:.4g}{unit}"
 
 
+def _difference_units(check: ClaimCheck) -> tuple[float, str]:
+    """The scale and unit of a check's differences: percent of the baseline, points, or the metric's own unit."""
+    if check.relative:
+        return 100.0, " %"
+    if _is_percent(check.statistic):
+        return 100.0, " pts"
+    info = METRICS.get(check.statistic)
+    return 1.0, f" {info.unit}" if info is not None and info.unit else ""
+
+
 def format_difference(check: ClaimCheck, interval: Interval) -> str:
     """``Δ [low, high]`` in the check's units: points for accuracies, percent for ratios, else the metric's own.
 
@@ -1025,13 +1035,8 @@ def format_difference(check: ClaimCheck, interval: Interval) -> str:
         >>> format_difference(check, Interval(0.0123, 0.0045, 0.0201))
         '+1.23 pts [+0.45, +2.01]'
     """
-    if check.relative:
-        scale, unit, digits = 100.0, " %", ".1f"
-    elif _is_percent(check.statistic):
-        scale, unit, digits = 100.0, " pts", ".2f"
-    else:
-        info = METRICS.get(check.statistic)
-        scale, unit, digits = 1.0, f" {info.unit}" if info is not None and info.unit else "", ".4g"
+    scale, unit = _difference_units(check)
+    digits = ".1f" if check.relative else ".2f" if _is_percent(check.statistic) else ".4g"
 
     def number(value: float) -> str:
         return f"{value * scale:+{digits}}"
@@ -1061,7 +1066,7 @@ def describe_check(result: CheckResult) -> str:
 
 def _rule(check: ClaimCheck) -> str:
     """The decision rule in words, in the check's units."""
-    scale, unit = (100.0, " %") if check.relative else (100.0, " pts") if _is_percent(check.statistic) else (1.0, "")
+    scale, unit = _difference_units(check)
     if check.expect == "same":
         return f"same: within ±{check.equivalence * scale:g}{unit}"
     rule = f"{check.expect}" + (f" by more than {check.margin * scale:g}{unit}" if check.margin else "")
@@ -1114,15 +1119,16 @@ def _details_markdown(result: ClaimResult) -> list[str]:
     lines.append(f"- the paper's setting: {_line(claim.paper.setting)}")
     lines.append(f"- the paper's figure: {_line(claim.paper.figure)}")
     lines.append(f"- regime at CPU scale: {_line(claim.regime)}")
-    lines.append(f"- suite: `{claim.suite}`; {_runs_and_time(result)}")
+    lines.append(f"- suite: {claim.suite}; {_runs_and_time(result)}")
     for check_result in result.checks:
         check = check_result.check
         where = f" on {check_result.dataset}/{check_result.model}" if check_result.dataset else ""
         lines.append(f"- check{where}: {describe_check(check_result)}; rule: {_rule(check)}")
         if check_result.per_seed:
-            scale = 100.0 if check.relative or _is_percent(check.statistic) else 1.0
+            scale, unit = _difference_units(check)
             per_seed = ", ".join(
-                f"seed {s}: {d * scale:+.4g}" for s, d in zip(check_result.seeds, check_result.per_seed, strict=True)
+                f"seed {s}: {d * scale:+.4g}{unit}"
+                for s, d in zip(check_result.seeds, check_result.per_seed, strict=True)
             )
             lines.append(f"  - per seed: {per_seed}")
     if result.error:
