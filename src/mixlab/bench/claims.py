@@ -713,23 +713,12 @@ def evaluate_check(
     labels = (check.method, check.baseline)
     relevant = [r for r in records if r.method in labels]
     if not relevant:
-        return _Inconclusive(check, check.dataset, check.model)(
-            f"no runs of {check.method} and {check.baseline} in the store"
-        )
-    dataset, model = check.dataset, check.model
-    for key in ("dataset", "model"):
-        named = check.dataset if key == "dataset" else check.model
-        found = sorted({getattr(r, key) for r in relevant})
-        if named is None and len(found) > 1:
-            return _Inconclusive(check, dataset, model)(
-                f"the runs span several {key}s ({', '.join(found)}): name the {key} in the check"
-            )
-        chosen = named if named is not None else found[0]
-        relevant = [r for r in relevant if getattr(r, key) == chosen]
-        dataset, model = (chosen, model) if key == "dataset" else (dataset, chosen)
+        return _Inconclusive(check, check.dataset, check.model)(f"no runs of {' and '.join(labels)} in the store")
+    dataset, relevant, ambiguous = _narrow(relevant, "dataset", check.dataset)
+    model, relevant, ambiguous = _narrow(relevant, "model", check.model) if not ambiguous else (None, [], ambiguous)
     inconclusive = _Inconclusive(check, dataset, model)
-    if not relevant:
-        return inconclusive(f"no runs of {check.method} and {check.baseline} on {dataset}/{model} in the store")
+    if ambiguous:
+        return inconclusive(ambiguous)
     by_run = {(r.method, r.seed): r for r in relevant}
     expected = sorted(seeds) if seeds is not None else sorted({r.seed for r in relevant})
     missing = [_missing(label, s, by_run.get((label, s))) for label in labels for s in expected]
@@ -742,6 +731,16 @@ def evaluate_check(
     if check.kind == "per-sample":
         return _per_sample_result(check, pairs, tuple(expected), inconclusive, resamples, seed)
     return _metric_result(check, pairs, tuple(expected), inconclusive)
+
+
+def _narrow(records: list[RunRecord], key: str, named: str | None) -> tuple[str | None, list[RunRecord], str | None]:
+    """The records of the dataset (or model) ``named``, or of the only one they hold; else why not."""
+    found = sorted({getattr(r, key) for r in records})
+    if named is None and len(found) > 1:
+        return None, [], f"the runs span several {key}s ({', '.join(found)}): name the {key} in the check"
+    chosen = found[0] if named is None else named
+    kept = [r for r in records if getattr(r, key) == chosen]
+    return chosen, kept, None if kept else f"no runs of the check's methods on {key} {chosen!r} in the store"
 
 
 @dataclass(frozen=True)
