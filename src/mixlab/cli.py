@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 import mixlab
+from mixlab.bench.records import BASELINE_METHOD
 from mixlab.errors import MixlabError
 
 app = typer.Typer(
@@ -139,7 +140,7 @@ def bench(
             return
         with ResultStore(store) as results:
             outcome = run_suite(plan, results, output=output, workers=workers, display=BenchDisplay(err))
-            records = results.records(plan.suite.name)
+            records = results.records(plan.suite.name, with_predictions=True)
     minutes, seconds = divmod(round(outcome.wall_time_s), 60)
     out.print(
         f"suite {plan.suite.name!r}: {len(outcome.finished)} run(s) finished, {len(outcome.skipped)} skipped "
@@ -150,7 +151,7 @@ def bench(
     records = [r for r in records if r.key in current]
     if any(r.finished for r in records):
         with _reported():
-            _write_and_print_report(records, plan.suite.name, report_dir, data_root)
+            _write_and_print_report(records, plan.suite.name, report_dir, data_root, plan.suite.baseline)
     else:
         err.print("no run finished: no report written", highlight=False)
     if outcome.failed:
@@ -177,16 +178,21 @@ def report(
                 raise StoreError(
                     f"the store {str(store)!r} holds no suite {name!r}; it holds: {', '.join(names) or '(none)'}"
                 )
-            records = results.records(name)
-        _write_and_print_report(records, name, output, data_root)
+            records = results.records(name, with_predictions=True)
+            baseline = results.suite_definition(name).get("baseline", BASELINE_METHOD)
+        _write_and_print_report(records, name, output, data_root, baseline)
 
 
-def _write_and_print_report(records: list, suite: str, report_dir: Path, data_root: Path | None) -> None:
+def _write_and_print_report(
+    records: list, suite: str, report_dir: Path, data_root: Path | None, baseline: str = BASELINE_METHOD
+) -> None:
     from mixlab.bench.report import aggregate, leaderboard_markdown, write_report
     from mixlab.bench.show import dataset_gallery
 
-    paths = write_report(records, report_dir, suite=suite, gallery=dataset_gallery(data_root=data_root))
-    typer.echo(leaderboard_markdown(aggregate(records)))  # plain text: rich would wrap the table's lines
+    boards = aggregate(records, baseline=baseline)
+    gallery = dataset_gallery(data_root=data_root)
+    paths = write_report(records, report_dir, suite=suite, gallery=gallery, baseline=baseline, boards=boards)
+    typer.echo(leaderboard_markdown(boards))  # plain text: rich would wrap the table's lines
     out.print(f"report: {paths['index']} (leaderboard.md and the plots next to it)", highlight=False)
 
 

@@ -97,7 +97,7 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
 
 
 def header_cells(markdown: str) -> list[str]:
-    line = next(line for line in markdown.splitlines() if line.startswith("| rank"))
+    line = next(line for line in markdown.splitlines() if line.startswith(("| rank", "| band")))
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
@@ -192,7 +192,8 @@ def test_markdown_has_a_row_per_method_and_leaves_out_empty_columns() -> None:
     assert rows["cutmix"][2] == "**86.50 ± 0.71**"  # percent, mean ± sample std, best in bold
     assert "2 seeds per method" in markdown
     header = header_cells(markdown)
-    assert len(header) == 2 + len(METRICS)  # every metric present, step_ratio derived
+    classification = [m for m in METRICS if m.key not in ("rmse", "mae")]
+    assert len(header) == 2 + len(classification)  # every classification metric present, step_ratio derived
 
     sparse = leaderboard_markdown(aggregate([make_run("erm", 0, top1=0.8), make_run("mixup", 0, top1=0.9)]))
     assert header_cells(sparse) == ["rank", "method", "top-1 (%) ↑"]
@@ -274,3 +275,40 @@ def test_bad_gallery_output_raises_before_writing(tmp_path: Path) -> None:
     with pytest.raises(MixlabValueError, match=r"shape \(4, 4\)"):
         write_report(full_suite(), out, suite="quick", gallery=lambda record: np.zeros((4, 4)))
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ differences from the baseline, and bands
+
+
+def _with_predictions(method: str, seed: int, accuracy: float, n: int = 3000):
+    import torch
+
+    from mixlab.evaluate.predictions import classification_predictions
+
+    y = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(0))
+    correct = torch.rand(n, generator=torch.Generator().manual_seed(1 + seed + 7 * len(method))) < accuracy
+    predicted = torch.where(correct, y, (y + 1) % 10)
+    record = make_run(method, seed, top1=float(correct.float().mean()))
+    record.predictions = classification_predictions(4.0 * torch.nn.functional.one_hot(predicted, 10).float(), y)
+    return record
+
+
+def test_boards_with_predictions_rank_in_bands_and_show_differences() -> None:
+    runs = [_with_predictions(m, s, a) for m, a in (("erm", 0.70), ("mixup", 0.80), ("cutmix", 0.705)) for s in (0, 1, 2)]
+    (board,) = aggregate(runs, resamples=300)
+    assert board.banded and [(row.method, row.rank) for row in board.rows] == [("mixup", 1), ("cutmix", 2), ("erm", 2)]
+    markdown = leaderboard_markdown([board])
+    assert header_cells(markdown)[0] == "band"
+    assert "Differences from erm (method − erm)" in markdown and "McNemar p" in markdown
+    mixup_line = next(line for line in markdown.splitlines() if line.startswith("| mixup | 3 |"))
+    assert mixup_line.split("|")[3].strip().endswith("*")  # about +10 points: clear
+    cutmix_line = next(line for line in markdown.splitlines() if line.startswith("| cutmix | 3 |"))
+    assert not cutmix_line.split("|")[3].strip().endswith("*")  # half a point on 3,000 samples: not clear
+    html = leaderboard_html(board)
+    assert "<th>band</th>" in html and "Differences from erm" in html and "class=clear" in html
+
+
+def test_a_board_without_predictions_keeps_its_strict_ranking() -> None:
+    (board,) = aggregate([make_run("erm", 0, top1=0.8), make_run("mixup", 0, top1=0.9)])
+    assert not board.banded and [row.rank for row in board.rows] == [1, 2]
+    assert "Differences from" not in leaderboard_markdown([board])

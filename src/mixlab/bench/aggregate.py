@@ -18,17 +18,19 @@ import math
 import numbers
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from mixlab.bench.comparisons import MethodComparison, board_bands, compare_with_baseline
 from mixlab.bench.records import BASELINE_METHOD, RunRecord
 from mixlab.evaluate.catalog import MetricInfo, metric_info
+from mixlab.evaluate.paired import RESAMPLES
 
 #: the leaderboard's columns, in table order; ``step_ratio`` is derived per run by :func:`run_metrics`.
 LEADERBOARD_METRICS: tuple[MetricInfo, ...] = tuple(
     metric_info(key)
     for key in (
-        "top1", "top5", "nll", "ece", "ece_ts", "brier", "fgsm_acc", "noise_acc",
+        "top1", "top5", "rmse", "mae", "nll", "ece", "ece_ts", "brier", "fgsm_acc", "noise_acc",
         "step_ratio", "images_per_s", "wall_time_s",
     )
 )  # fmt: skip
@@ -56,7 +58,7 @@ class Summary:
 
 @dataclass
 class LeaderboardRow:
-    """One method on a leaderboard: its rank by top-1 (None without top-1), seeds and metric summaries."""
+    """One method on a leaderboard: its rank (its band when the board is banded), seeds and metric summaries."""
 
     method: str
     seeds: int
@@ -66,12 +68,20 @@ class LeaderboardRow:
 
 @dataclass
 class Leaderboard:
-    """The methods compared on one (dataset, model) of a suite, best top-1 first."""
+    """The methods compared on one (dataset, model) of a suite, best first (top-1, or RMSE for regression).
+
+    With stored predictions, ``differences`` holds each method's paired comparison with the
+    ``baseline`` (:mod:`mixlab.bench.comparisons`), and ``banded`` says the rows' ranks are bands:
+    methods whose intervals overlap share one.
+    """
 
     dataset: str
     model: str
     rows: list[LeaderboardRow]
     suite: str
+    baseline: str = BASELINE_METHOD
+    differences: dict[str, MethodComparison] = field(default_factory=dict)
+    banded: bool = False
 
     @property
     def title(self) -> str:
@@ -138,20 +148,39 @@ def run_metrics(record: RunRecord, baselines: dict[tuple[str, str, str], float])
     return metrics
 
 
-def aggregate(records: Iterable[RunRecord]) -> list[Leaderboard]:
+def aggregate(
+    records: Iterable[RunRecord],
+    *,
+    baseline: str = BASELINE_METHOD,
+    resamples: int = RESAMPLES,
+) -> list[Leaderboard]:
     """One :class:`Leaderboard` per (suite, dataset, model) of the finished ``records``.
 
     Each row is one method: mean and sample std over its seeds of every metric it has
-    (``step_ratio`` is taken per run, then averaged), ranked by mean top-1, best first; rows
-    without top-1 come last, unranked. Boards are sorted by suite, dataset and model.
+    (``step_ratio`` is taken per run, then averaged). When the runs carry their test
+    predictions, every method is compared with ``baseline`` (paired by seed:
+    :func:`~mixlab.bench.comparisons.compare_with_baseline`) and ranked in bands by
+    its difference in top-1 (RMSE for regression); otherwise ranked by mean top-1
+    (RMSE), best first. Rows without the ranking metric come last, unranked. Boards
+    are sorted by suite, dataset and model.
     """
     finished = [record for record in records if record.finished]
     baselines = baseline_images_per_s(finished)
     boards = []
     for (suite, dataset, model), runs in sorted(_group(finished, _board_key).items()):
         rows = [_row(method, group, baselines) for method, group in _group(runs, _method_key).items()]
-        boards.append(Leaderboard(dataset, model, _ranked(rows), suite))
+        differences = _differences(runs, baseline, resamples)
+        bands = board_bands(differences.values(), baseline)
+        board = Leaderboard(dataset, model, _ranked(rows, bands), suite, baseline, differences, bool(bands))
+        boards.append(board)
     return boards
+
+
+def _differences(runs: list[RunRecord], baseline: str, resamples: int) -> dict[str, MethodComparison]:
+    if not any(run.predictions is not None for run in runs):
+        return {}
+    comparisons = compare_with_baseline(runs, baseline, resamples=resamples)
+    return {method: comparison for (_, _, method), comparison in sorted(comparisons.items())}
 
 
 def _row(method: str, runs: list[RunRecord], baselines: dict[tuple[str, str, str], float]) -> LeaderboardRow:
@@ -163,14 +192,19 @@ def _row(method: str, runs: list[RunRecord], baselines: dict[tuple[str, str, str
     return LeaderboardRow(method, len({run.seed for run in runs}), summaries)
 
 
-def _ranked(rows: list[LeaderboardRow]) -> list[LeaderboardRow]:
-    def order(row: LeaderboardRow) -> tuple[float, str]:
-        top1 = row.metrics.get("top1")
-        return (-top1.mean if top1 else math.inf, row.method)
+def _ranked(rows: list[LeaderboardRow], bands: dict[str, int]) -> list[LeaderboardRow]:
+    """Rows best first: by band when there are bands (then by the ranking metric), else by the metric alone."""
+    key = "top1" if any("top1" in row.metrics for row in rows) else "rmse"
+    sign = -1.0 if metric_info(key).higher_is_better else 1.0
+
+    def order(row: LeaderboardRow) -> tuple[float, float, str]:
+        summary = row.metrics.get(key)
+        value = sign * summary.mean if summary else math.inf
+        return (bands.get(row.method, math.inf) if bands else 0, value, row.method)
 
     rows = sorted(rows, key=order)
     for position, row in enumerate(rows, start=1):
-        row.rank = position if "top1" in row.metrics else None
+        row.rank = (bands.get(row.method) if bands else position) if key in row.metrics else None
     return rows
 
 

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.bench.aggregate import Leaderboard, LeaderboardRow, aggregate, method_order
+from mixlab.bench.comparisons import format_difference, format_p_value
 from mixlab.bench.plots import PLOTS, method_colours, render_plots
 from mixlab.bench.records import BASELINE_METHOD, RunRecord
 from mixlab.errors import MixlabTypeError, MixlabValueError
-from mixlab.evaluate.catalog import MetricInfo
+from mixlab.evaluate.catalog import MetricInfo, metric_info
 
 # ------------------------------------------------------------------ tables
 
@@ -55,7 +56,7 @@ def _board_markdown(board: Leaderboard) -> str:
     lines = [
         f"### {board.title}",
         "",
-        "| " + " | ".join(["rank", "method", *(metric.header for metric in columns)]) + " |",
+        "| " + " | ".join([_rank_header(board), "method", *(metric.header for metric in columns)]) + " |",
         "|---:|:---|" + "---:|" * len(columns),
     ]
     for row in board.rows:
@@ -64,7 +65,66 @@ def _board_markdown(board: Leaderboard) -> str:
             text = _cell_text(metric, row)
             cells.append(f"**{text}**" if row.method in best[metric.key] else text)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", seeds_sentence(board)])
+    lines += ["", seeds_sentence(board)]
+    table = differences_table(board)
+    if table:
+        headers, rows = table
+        lines += ["", f"Differences from {board.baseline} (method − {board.baseline}), paired on the same test samples:", ""]
+        lines.append("| " + " | ".join(headers) + " |")
+        lines.append("|:---|" + "---:|" * (len(headers) - 1))
+        lines += ["| " + " | ".join(_escape_markdown(cell) for cell in row) + " |" for row in rows]
+        lines += ["", differences_sentence(board)]
+    return "\n".join(lines)
+
+
+def _rank_header(board: Leaderboard) -> str:
+    return "band" if board.banded else "rank"
+
+
+def differences_table(board: Leaderboard) -> tuple[list[str], list[list[str]]] | None:
+    """Headers and rows of the board's differences from its baseline, or ``None`` without comparisons.
+
+    Each cell is ``Δ [low, high]`` in display units (points for accuracies) with ``*`` when the
+    interval excludes 0; McNemar's p is the largest over the paired seeds.
+    """
+    compared = [c for c in board.differences.values() if c.comparison is not None]
+    if not compared:
+        return None
+    statistics = list(compared[0].comparison.differences)
+    headers = ["method", "seeds", *(_difference_header(s) for s in statistics)]
+    mcnemar = compared[0].comparison.mcnemar_p is not None
+    if mcnemar:
+        headers.insert(3, "McNemar p")
+    rows = []
+    for entry in board.differences.values():
+        if entry.comparison is None:
+            rows.append([entry.method, "–", *(["–"] * (len(headers) - 2)), entry.missing])
+            continue
+        cells = [format_difference(s, entry.comparison[s].interval) for s in statistics]
+        if mcnemar:
+            cells.insert(1, format_p_value(max(entry.comparison.mcnemar_p)))
+        rows.append([entry.method, str(len(entry.seeds)), *cells])
+    if any(len(row) > len(headers) for row in rows):
+        headers.append("note")
+        rows = [row + [""] * (len(headers) - len(row)) for row in rows]
+    return headers, rows
+
+
+def _difference_header(statistic: str) -> str:
+    info = metric_info(statistic)
+    return f"Δ {info.label} (points)" if info.percent else f"Δ {info.title}"
+
+
+def differences_sentence(board: Leaderboard) -> str:
+    """What the differences and the bands mean (the text under the table)."""
+    compared = [c.comparison for c in board.differences.values() if c.comparison is not None]
+    resamples = compared[0].resamples if compared else 0
+    return (
+        f"Intervals: 95 % paired bootstrap over the test set ({resamples:,} resamples), widened to the t-interval "
+        "over seeds when a method has several; * marks an interval that excludes 0. "
+        f"Bands: methods whose intervals of difference from {board.baseline} overlap the band leader's share a band "
+        "(this benchmark cannot order them)."
+    )
 
 
 def seeds_sentence(board: Leaderboard) -> str:
@@ -123,13 +183,32 @@ def leaderboard_html(board: Leaderboard, colours: dict[str, str] | None = None) 
             cells.append(f"<td{marked}>{html.escape(_cell_text(metric, row))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     table = (
-        f'<div class="scroll"><table>\n<thead><tr><th>rank</th><th>method</th>{head}</tr></thead>\n'
+        f'<div class="scroll"><table>\n<thead><tr><th>{_rank_header(board)}</th><th>method</th>{head}</tr></thead>\n'
         + "<tbody>\n"
         + "\n".join(body)
         + "\n</tbody>\n</table></div>"
     )
     note = f'<p class="note">{html.escape(seeds_sentence(board))} Bold: best in its column.</p>'
-    return f"<h3>{html.escape(board.title)}</h3>\n{table}\n{note}"
+    return f"<h3>{html.escape(board.title)}</h3>\n{table}\n{note}{_differences_html(board, colours)}"
+
+
+def _differences_html(board: Leaderboard, colours: dict[str, str]) -> str:
+    table = differences_table(board)
+    if table is None:
+        return ""
+    headers, rows = table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = [f'<td class="method">{_swatch(row[0], colours.get(row[0]))}</td>']
+        cells += [f'<td{" class=clear" if cell.endswith(" *") else ""}>{html.escape(cell)}</td>' for cell in row[1:]]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    title = f"Differences from {html.escape(board.baseline)} (method − {html.escape(board.baseline)})"
+    return (
+        f'\n<h4>{title}</h4>\n<div class="scroll"><table class="diff">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(body)
+        + f'\n</tbody>\n</table></div>\n<p class="note">{html.escape(differences_sentence(board))}</p>'
+    )
 
 
 def _swatch(method: str, colour: str | None) -> str:
@@ -150,6 +229,8 @@ def write_report(
     *,
     suite: str,
     gallery: Callable[[RunRecord], Any] | None = None,
+    baseline: str = BASELINE_METHOD,
+    boards: list[Leaderboard] | None = None,
 ) -> dict[str, Path]:
     """Write the report of ``suite`` into ``out_dir``; return the written files by name.
 
@@ -166,12 +247,14 @@ def write_report(
         gallery: called with the first finished run of each method; returns an RGB image array
             ``(H, W, 3)`` (or RGBA; uint8 or float in [0, 1]), a matplotlib ``Figure``, or ``None``
             to leave the method out. :func:`mixlab.bench.show.mix_gallery` makes one.
+        baseline: the method every other is compared with (when the records carry predictions).
+        boards: the leaderboards, when already aggregated from ``records`` (saves doing it twice).
 
     Raises:
         MixlabValueError: no record is finished (nothing is written, ``out_dir`` is not created).
     """
     records, out_dir = _checked_inputs(records, out_dir, suite, gallery)
-    boards = aggregate(records)
+    boards = boards if boards is not None else aggregate(records, baseline=baseline)
     colours = method_colours(method_order(boards))
     plots = render_plots(records, boards, colours, gallery)
     files = {name: (PLOTS[name][0], png) for name, png in plots.items()}
@@ -255,7 +338,8 @@ table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabula
 th, td { padding: 4px 10px; text-align: right; white-space: nowrap; }
 th { font-weight: 600; border-bottom: 2px solid #333; } td.method, th:nth-child(2) { text-align: left; }
 tbody tr:nth-child(even) { background: #f4f6f8; } tbody tr:hover { background: #eaf1fb; }
-td.best { font-weight: 700; background: #e3f4e1; }
+td.best { font-weight: 700; background: #e3f4e1; } td.clear { font-weight: 700; }
+h4 { font-size: 0.95em; margin: 14px 0 4px; color: #333; }
 .dot { display: inline-block; width: 9px; height: 9px; border-radius: 50%; margin-right: 6px; }
 .note { color: #666; font-size: 13px; margin: 2px 0 0; }
 .scroll { overflow-x: auto; }

@@ -227,6 +227,11 @@ class ResultStore:
                 (name, json.dumps(definition, sort_keys=True), stamp, stamp),
             )
 
+    def suite_definition(self, name: str) -> dict[str, Any]:
+        """The stored definition of suite ``name`` (as :meth:`save_suite` recorded it), ``{}`` when unknown."""
+        row = self._db.execute("SELECT definition FROM suites WHERE name = ?", (name,)).fetchone()
+        return {} if row is None else json.loads(row[0])
+
     def suite_names(self) -> list[str]:
         """Suites in the store, the most recently updated first."""
         return [row[0] for row in self._db.execute("SELECT name FROM suites ORDER BY updated DESC, name")]

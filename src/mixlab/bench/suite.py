@@ -21,6 +21,7 @@ A suite file looks like::
         mix: {method: transmix}
         models: [vit_tiny]
     seeds: [0]
+    baseline: erm          # every method is compared with this one (default: erm)
     evaluate: {fgsm_eps: 0.00784, noise_std: 0.1}
 
 Every run's config is validated when the suite is expanded, so an unknown
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mixlab.bench.records import BASELINE_METHOD
 from mixlab.data.api import find_data
 from mixlab.data.locate import DataNotFoundError
 from mixlab.data.registry import get_spec
@@ -102,6 +104,7 @@ class Suite(_Strict):
     methods: list[SuiteMethod] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     evaluate: dict[str, Any] = Field(default_factory=dict)
+    baseline: str = Field(BASELINE_METHOD, description="the method label every other method is compared with")
 
     @field_validator("methods")
     @classmethod
@@ -111,6 +114,13 @@ class Suite(_Strict):
         if repeated:
             raise ValueError(f"method labels must be unique; repeated: {', '.join(repeated)}")
         return methods
+
+    @model_validator(mode="after")
+    def _known_baseline(self) -> Suite:
+        labels = [m.name for m in self.methods]
+        if "baseline" in self.model_fields_set and self.baseline not in labels:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the suite's methods: {', '.join(labels)}")
+        return self
 
     @field_validator("seeds")
     @classmethod
