@@ -45,12 +45,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mixlab.bench.records import RunRecord
-from mixlab.bench.runner import NullDisplay, run_suite, stored_config
+from mixlab.bench.runner import NullDisplay, run_suite, same_config
 from mixlab.bench.store import ResultStore
 from mixlab.bench.suite import RunSpec, SuitePlan, load_suite, plan_suite
 from mixlab.data.registry import get_spec
-from mixlab.engine.config import config_diff
-from mixlab.engine.run import RESUMABLE_CHANGES
 from mixlab.errors import MixlabError, MixlabValueError
 from mixlab.evaluate.catalog import METRICS
 from mixlab.evaluate.paired import RESAMPLES, Interval, compare_predictions, t_interval
@@ -853,11 +851,10 @@ def current_records(plan: SuitePlan, records: Sequence[RunRecord]) -> tuple[list
         spec = specs.get(record.key)
         if spec is None:
             continue
-        diffs = config_diff(record.config, stored_config(spec))
-        if [d for d in diffs if not d.startswith(RESUMABLE_CHANGES)]:
-            stale.append(record.key)
-        else:
+        if same_config(record.config, spec):
             current.append(record)
+        else:
+            stale.append(record.key)
     return current, stale
 
 

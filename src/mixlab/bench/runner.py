@@ -117,7 +117,7 @@ def _runs_to_do(plan: SuitePlan, store: ResultStore, outcome: SuiteOutcome) -> l
     todo = []
     for spec in plan.runs:
         row = store.run_status(plan.suite.name, spec.key)
-        if row is not None and row["status"] == "finished" and _same_config(row["config"], spec):
+        if row is not None and row["status"] == "finished" and same_config(json.loads(row["config"]), spec):
             outcome.skipped.append(spec.key)
         else:
             todo.append(spec)
@@ -135,8 +135,16 @@ def stored_config(spec: RunSpec) -> dict[str, Any]:
     return {**config_to_dict(spec.config), "evaluate": spec.evaluate.model_dump(mode="json")}
 
 
-def _same_config(stored: str, spec: RunSpec) -> bool:
-    diffs = config_diff(json.loads(stored), stored_config(spec))
+def same_config(stored: dict[str, Any], spec: RunSpec) -> bool:
+    """Whether a stored run's config is ``spec``'s, up to settings that do not change results (progress, ...).
+
+    Example:
+        >>> from mixlab.bench.suite import load_suite, plan_suite
+        >>> spec = plan_suite(load_suite("mnist1d")).runs[0]
+        >>> same_config(stored_config(spec), spec)
+        True
+    """
+    diffs = config_diff(stored, stored_config(spec))
     return not [d for d in diffs if not d.startswith(RESUMABLE_CHANGES)]
 
 
