@@ -312,3 +312,11 @@ def test_a_board_without_predictions_keeps_its_strict_ranking() -> None:
     (board,) = aggregate([make_run("erm", 0, top1=0.8), make_run("mixup", 0, top1=0.9)])
     assert not board.banded and [row.rank for row in board.rows] == [1, 2]
     assert "Differences from" not in leaderboard_markdown([board])
+
+
+def test_the_page_links_the_claims_page_when_the_folder_has_one(tmp_path: Path) -> None:
+    write_report(full_suite(), tmp_path, suite="quick")
+    assert "claims.html" not in (tmp_path / "index.html").read_text()
+    (tmp_path / "claims.html").write_text("<html></html>")
+    write_report(full_suite(), tmp_path, suite="quick")
+    assert '<a href="claims.html">' in (tmp_path / "index.html").read_text()

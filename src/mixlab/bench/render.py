@@ -221,6 +221,8 @@ def _swatch(method: str, colour: str | None) -> str:
 
 LEADERBOARD_FILE = "leaderboard.md"
 INDEX_FILE = "index.html"
+#: the page ``mixlab claims`` writes into the same report folder; the suite's page links to it when present.
+CLAIMS_PAGE = "claims.html"
 
 
 def write_report(
@@ -259,7 +261,8 @@ def write_report(
     plots = render_plots(records, boards, colours, gallery)
     files = {name: (PLOTS[name][0], png) for name, png in plots.items()}
     files["leaderboard"] = (LEADERBOARD_FILE, _markdown_report(suite, records, boards, plots).encode())
-    files["index"] = (INDEX_FILE, html_page(suite, records, boards, plots, colours).encode())
+    links = [(CLAIMS_PAGE, "claims tested at CPU scale")] if (out_dir / CLAIMS_PAGE).is_file() else []
+    files["index"] = (INDEX_FILE, html_page(suite, records, boards, plots, colours, links).encode())
     return _write_files(out_dir, files)
 
 
@@ -362,8 +365,11 @@ def html_page(
     boards: Sequence[Leaderboard],
     plots: dict[str, bytes],
     colours: dict[str, str] | None = None,
+    links: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The report as one HTML page with nothing external: ``plots`` (name -> PNG bytes) are embedded.
+
+    ``links`` are (relative file, text) pairs shown under the title, such as the claims page.
 
     Example:
         >>> page = html_page("quick", [], [], {})
@@ -373,6 +379,7 @@ def html_page(
     body = [
         f"<h1>mixlab benchmark: {html.escape(suite)}</h1>",
         f'<p class="meta">suite <code>{html.escape(suite)}</code> · {html.escape(_run_counts(records))}{_period(records)}</p>',
+        *(f'<p class="meta">See also: <a href="{html.escape(href)}">{html.escape(text)}</a></p>' for href, text in links),
         "<h2>Leaderboard</h2>",
         f'<p class="note">{_READING_NOTE}</p>',
         *(leaderboard_html(board, colours) for board in boards),
