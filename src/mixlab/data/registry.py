@@ -473,9 +473,9 @@ _register(
             "(the feature-noise data model)"
         ),
         options=(
-            Option("num_train", 500, _positive_int, "training samples"),
+            Option("num_train", 300, _positive_int, "training samples"),
             Option("num_test", 2000, _positive_int, "test samples (same distribution as train)"),
-            Option("dim", 1000, _positive_int, "dimension d of each patch (>= 2)"),
+            Option("dim", 600, _positive_int, "dimension d of each patch (>= 2)"),
             Option(
                 "num_patches",
                 3,
@@ -486,7 +486,7 @@ _register(
             Option(
                 "feature_noise", 0.1, synthetic.check_non_negative_real, "strength of the other class's common feature"
             ),
-            Option("noise_std", 0.133, synthetic.check_non_negative_real, "std of each Gaussian noise coordinate"),
+            Option("noise_std", 0.145, synthetic.check_non_negative_real, "std of each Gaussian noise coordinate"),
             Option("generation_seed", 0, _seed, "seed of the features and both splits (fixed: data never move)"),
         ),
     )
