@@ -265,7 +265,8 @@ def test_bad_labels_are_refused(labels, error, match):
 def test_config_fields_are_validated():
     cfg = load_config({"data": {"imbalance_ratio": 50}, "mix": {"sampling": "class_balanced"}})
     assert cfg.data.imbalance_ratio == 50.0 and cfg.mix.sampling == "class_balanced"
-    assert load_config({}).data.imbalance_ratio is None and load_config({}).mix.sampling == "uniform"
+    assert load_config({}).data.imbalance_ratio is None and load_config({}).mix.sampling is None  # None: uniform
+    assert load_config({"mix": {"sampling": "uniform"}}).mix.sampling == "uniform"
     with pytest.raises(ConfigError, match=r"data.imbalance_ratio: Input should be greater than or equal to 1.*got 0.5"):
         load_config({"data": {"imbalance_ratio": 0.5}})
     with pytest.raises(ConfigError, match=r"data.imbalance_ratio: .*finite"):

@@ -119,11 +119,12 @@ class MixConfig(_Strict):
     loss_options: dict[str, Any] = Field(default_factory=dict)
     smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing folded into the targets")
     schedule: list[ScheduleConfig] = Field(default_factory=list)
-    sampling: Literal["uniform", "class_balanced"] = Field(
-        "uniform",
-        description="how each epoch draws the training samples the mixer receives: uniform (each once, shuffled) "
-        "or class_balanced (with replacement, probability inverse to class frequency: the resampling that "
-        "selective mixup performs implicitly, Teney et al. 2023)",
+    # None (the default) means uniform: configs saved before this key existed compare equal to new ones
+    sampling: Literal["uniform", "class_balanced"] | None = Field(
+        None,
+        description="how each epoch draws the training samples the mixer receives: uniform (the default; each "
+        "once, shuffled) or class_balanced (with replacement, probability inverse to class frequency: the "
+        "resampling that selective mixup performs implicitly, Teney et al. 2023)",
     )
 
     @field_validator("method")
