@@ -11,7 +11,8 @@ import yaml
 from bench_fixtures import tiny_suite
 from typer.testing import CliRunner
 
-import mixlab.bench.claims as claims_module
+import mixlab.bench.claims.run as claims_run
+import mixlab.bench.claims.spec as claims_spec
 from mixlab.bench.claims import (
     EXAMPLE_CLAIM,
     INCONCLUSIVE,
@@ -373,7 +374,7 @@ def test_one_claims_failure_does_not_stop_the_others(tmp_path: Path, monkeypatch
         if len(calls) == 1:
             raise RuntimeError("disk full")
 
-    monkeypatch.setattr(claims_module, "run_suite", broken_run_suite)
+    monkeypatch.setattr(claims_run, "run_suite", broken_run_suite)
     with ResultStore(tmp_path / "store.db") as store:
         results = run_claims([str(first), str(second)], store, output=tmp_path / "runs")
     assert calls == ["tiny", "tiny"]
@@ -418,7 +419,7 @@ def test_the_report_writes_markdown_and_standalone_html(tmp_path: Path) -> None:
 
 def test_a_claim_runs_end_to_end_then_resumes_and_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(claims_module, "CLAIM_DIRS", (Path("configs") / "claims",))
+    monkeypatch.setattr(claims_spec, "CLAIM_DIRS", (Path("configs") / "claims",))
     suite = fast_suite(tmp_path)
     (tmp_path / "configs" / "claims").mkdir(parents=True)
     write_claim(tmp_path / "configs" / "claims", claim_dict(str(suite)))
@@ -443,7 +444,7 @@ def test_a_claim_runs_end_to_end_then_resumes_and_lists(tmp_path: Path, monkeypa
 
 def test_list_shows_an_invalid_claim_with_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(claims_module, "CLAIM_DIRS", (Path("configs") / "claims",))
+    monkeypatch.setattr(claims_spec, "CLAIM_DIRS", (Path("configs") / "claims",))
     folder = tmp_path / "configs" / "claims"
     folder.mkdir(parents=True)
     suite = fast_suite(tmp_path)
