@@ -166,3 +166,15 @@ def test_orthonormal_features_refuse_more_than_the_dimension() -> None:
 def test_bad_options_are_refused_with_a_clear_message(name: str, options: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         load_dataset(name, **options)
+
+
+def test_data_info_reports_an_in_memory_generated_dataset() -> None:
+    """Generated datasets other than MNIST-1D have no cache to look for: they are always available."""
+    from mixlab.data.api import data_search_paths, dataset_info, find_data
+    from mixlab.errors import MixlabValueError
+
+    info = dataset_info("rare_features")
+    assert info["found"] is True and info["path"] is None and info["splits"]["train"] > 0
+    assert data_search_paths("multi_view") == []
+    with pytest.raises(MixlabValueError, match="generated in memory"):
+        find_data("multi_view")

@@ -38,7 +38,7 @@ def data_search_paths(name: str, root: str | os.PathLike | None = None) -> list[
     spec = get_spec(name)
     if spec.kind == "files":
         return candidate_dirs([spec.name, *spec.aliases], root)
-    if spec.kind == "generated":
+    if spec.kind == "generated" and spec.cached:
         return mnist1d.cache_dirs(root)
     return []
 
@@ -67,11 +67,9 @@ def find_data(name: str, root: str | os.PathLike | None = None) -> Path:
 
 
 def _no_files_reason(spec: DatasetSpec) -> str:
-    return {
-        "bundled": "it is bundled with scikit-learn",
-        "generated": "it is generated locally by the mnist1d package on first load and cached",
-        "path": "give its location with option path=...",
-    }[spec.kind]
+    if spec.kind == "generated":
+        return "it is generated locally on first load and cached" if spec.cached else "it is generated in memory"
+    return {"bundled": "it is bundled with scikit-learn", "path": "give its location with option path=..."}[spec.kind]
 
 
 def how_to_get(name: str, root: str | os.PathLike | None = None) -> list[str]:
@@ -206,8 +204,10 @@ def _available(spec: DatasetSpec, root, options: dict, info: dict) -> bool:
         except DataNotFoundError as err:
             info.update(found=False, path=None, message=str(err))
             return False
-    elif spec.kind == "generated":
+    elif spec.kind == "generated" and spec.cached:
         return _cached_mnist1d(spec, root, options, info)
+    elif spec.kind == "generated":
+        info["path"] = None  # generated in memory on every load
     elif spec.kind == "path":
         info["path"] = options.get("path")
         if options.get("path") is None:

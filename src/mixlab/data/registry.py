@@ -75,6 +75,7 @@ class DatasetSpec:
     homepage: str = ""
     citation: str = ""
     options: tuple[Option, ...] = field(default=())
+    cached: bool = False  # a generated dataset written to a cache on first load (MNIST-1D); others live in memory
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``given`` against this dataset's options; return every option with defaults filled in.
@@ -343,6 +344,7 @@ _register(
         task="classification",
         kind="generated",
         loader=mnist1d.load_mnist1d,
+        cached=True,
         num_classes=10,
         input_shape=(1, 40),
         class_names=tuple(str(i) for i in range(10)),
