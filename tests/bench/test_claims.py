@@ -458,3 +458,29 @@ def test_list_shows_an_invalid_claim_with_its_error(tmp_path: Path, monkeypatch:
     assert not (tmp_path / "none.db").exists()
     run = runner.invoke(app, ["claims", "--store", str(tmp_path / "s.db"), "--output", str(tmp_path / "runs")])
     assert run.exit_code == 2 and "claim_bad" in run.output and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("expect", "low", "high", "verdict"),
+    [
+        ("not_lower", -0.01, 0.05, "reproduced"),  # at most 1 point worse: within the 2-point tolerance
+        ("not_lower", -0.05, -0.03, "not reproduced"),  # surely more than 2 points worse
+        ("not_lower", -0.04, 0.01, "inconclusive"),
+        ("not_higher", -0.05, 0.01, "reproduced"),
+        ("not_higher", 0.03, 0.05, "not reproduced"),
+        ("not_higher", -0.01, 0.04, "inconclusive"),
+    ],
+)
+def test_non_inferiority_verdicts(expect: str, low: float, high: float, verdict: str) -> None:
+    from mixlab.bench.claims import check_verdict
+
+    assert check_verdict(expect, low, high, margin=0.02) == verdict
+
+
+def test_non_inferiority_refuses_an_equivalence_bound() -> None:
+    from pydantic import ValidationError
+
+    from mixlab.bench.claims.spec import ClaimCheck
+
+    with pytest.raises(ValidationError, match="has no meaning with expect: not_lower"):
+        ClaimCheck(label="x", method="a", baseline="b", statistic="top1", expect="not_lower", equivalence=0.01)

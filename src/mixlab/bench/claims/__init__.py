@@ -17,7 +17,10 @@ A check expecting ``higher`` is *reproduced* when its interval lies above
 ``+margin``, *not reproduced* when it lies below zero (or within
 ``±equivalence``, when set), and *inconclusive* otherwise; ``lower`` is the
 mirror image; ``same`` is reproduced when the interval lies within
-``±equivalence`` and not reproduced when it lies entirely beyond it. A claim is
+``±equivalence`` and not reproduced when it lies entirely beyond it;
+``not_lower`` ("does as well as", non-inferiority) is reproduced when the
+interval lies above ``-margin`` and not reproduced when it lies below it
+(``not_higher``: the mirror image). A claim is
 reproduced when every check is, not reproduced when any is not.
 
 Every claim file, and its suite's plan, is validated before any training starts.

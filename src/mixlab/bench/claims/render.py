@@ -100,6 +100,9 @@ def _rule(check: ClaimCheck) -> str:
     scale, unit = _difference_units(check)
     if check.expect == "same":
         return f"same: within ±{check.equivalence * scale:g}{unit}"
+    if check.expect in ("not_lower", "not_higher"):
+        side = "lower" if check.expect == "not_lower" else "higher"
+        return f"not {side} by more than {check.margin * scale:g}{unit} (non-inferiority)"
     rule = f"{check.expect}" + (f" by more than {check.margin * scale:g}{unit}" if check.margin else "")
     if check.equivalence is not None:
         rule += f"; not reproduced within ±{check.equivalence * scale:g}{unit}"

@@ -145,7 +145,7 @@ class ClaimCheck(_Strict):
     statistic: str
     epoch: int | None = None
     relative: bool = False
-    expect: Literal["higher", "lower", "same"]
+    expect: Literal["higher", "lower", "same", "not_lower", "not_higher"]
     margin: float = 0.0
     equivalence: float | None = None
 
@@ -205,6 +205,9 @@ class ClaimCheck(_Strict):
         if self.expect == "same" and self.equivalence is None:
             problems.append("equivalence: expect: same needs an equivalence bound (the largest difference that "
                             "counts as the same), e.g. equivalence: 0.01")  # fmt: skip
+        if self.expect in ("not_lower", "not_higher") and self.equivalence is not None:
+            problems.append(f"equivalence: has no meaning with expect: {self.expect}; its tolerance is margin "
+                            "(how far the wrong way the difference may go and still count)")  # fmt: skip
         if self.expect == "same" and self.margin != 0.0:
             problems.append(f"margin: has no meaning with expect: same (got {self.margin}); the equivalence bound "
                             "decides: remove margin")  # fmt: skip

@@ -40,12 +40,16 @@ def check_verdict(
       else inconclusive. ``lower`` is the mirror image.
     - ``same``: reproduced if the interval lies within ``±equivalence``; not
       reproduced if it lies entirely beyond it; else inconclusive.
+    - ``not_lower`` (non-inferiority: "does as well as"): reproduced if ``low > -margin``;
+      not reproduced if ``high < -margin``; else inconclusive. ``not_higher`` is the mirror image.
 
     Example:
         >>> check_verdict("lower", -0.03, -0.01, margin=0.005), check_verdict("lower", -0.03, 0.01)
         ('reproduced', 'inconclusive')
         >>> check_verdict("higher", -0.004, 0.006, equivalence=0.01)
         'not reproduced'
+        >>> check_verdict("not_lower", -0.01, 0.03, margin=0.02), check_verdict("not_lower", -0.05, -0.03, margin=0.02)
+        ('reproduced', 'not reproduced')
     """
     if not (math.isfinite(low) and math.isfinite(high)) or low > high:
         raise MixlabValueError(f"an interval needs finite bounds low <= high; got [{low}, {high}]")
@@ -67,8 +71,18 @@ def check_verdict(
             return REPRODUCED
         if low > equivalence or high < -equivalence:
             return NOT_REPRODUCED
+    elif expect == "not_lower":
+        if low > -margin:
+            return REPRODUCED
+        if high < -margin:
+            return NOT_REPRODUCED
+    elif expect == "not_higher":
+        if high < margin:
+            return REPRODUCED
+        if low > margin:
+            return NOT_REPRODUCED
     else:
-        raise MixlabValueError(f"expect must be one of higher, lower, same; got {expect!r}")
+        raise MixlabValueError(f"expect must be one of higher, lower, same, not_lower, not_higher; got {expect!r}")
     return INCONCLUSIVE
 
 
