@@ -229,10 +229,10 @@ def plan_suite(
         dataset = _available_dataset(entry, suite, data_root, notices)
         for model in dataset.models or suite.models:
             model = SuiteModel(name=model) if isinstance(model, str) else model
-            for method in chosen:
-                if method.models is not None and model.name not in method.models:
-                    continue
-                for seed in suite.seeds:
+            for seed in suite.seeds:  # seed-major: each seed's methods run side by side, so drift in the
+                for method in chosen:  # machine's speed hits every method alike, and seeds complete one by one
+                    if method.models is not None and model.name not in method.models:
+                        continue
                     try:
                         runs.append(_run_spec(suite, dataset, model, method, seed, overrides, data_root))
                     except (ConfigError, SuiteError) as error:
