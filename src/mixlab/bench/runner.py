@@ -31,7 +31,7 @@ from mixlab.bench.store import ResultStore
 from mixlab.bench.suite import RunSpec, SuiteError, SuitePlan
 from mixlab.engine.config import config_diff, config_to_dict
 from mixlab.engine.distributed import DistInfo, resolve_device
-from mixlab.engine.run import RESUMABLE_CHANGES, _target_stats, build_augment, run_info, train
+from mixlab.engine.run import RESUMABLE_CHANGES, build_augment, run_info, target_stats, train
 from mixlab.evaluate import EvalResult, evaluate_classifier, evaluate_regressor
 
 Event = tuple[str, str, Any]  # (kind, run key, payload): ("start" | "epoch" | "done" | "failed", key, ...)
@@ -263,7 +263,7 @@ def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None
     augment = build_augment(config, splits)
     common = {"preprocess": lambda x: augment(x, train=False), "device": device}
     if splits.task == "regression":
-        mean, scale = _target_stats(splits)
+        mean, scale = target_stats(splits)
         evaluation = evaluate_regressor(
             result.model.to(device), splits.test, target_mean=mean, target_scale=scale,
             batch_size=spec.evaluate.batch_size, **common,

@@ -257,7 +257,7 @@ def load_run_data(config: RunConfig) -> DataSplits:
 def _build_trainer(config: RunConfig, splits: DataSplits, dist: DistInfo, progress: bool | None, echo: bool) -> Trainer:
     check_sampling(config, splits)
     settings = _loop_settings(config, splits, dist)
-    target_mean, target_scale = _target_stats(splits)
+    target_mean, target_scale = target_stats(splits)
     settings.target_scale = target_scale
     torch.manual_seed(derive_seed(config.train.seed, "init"))  # same initial weights on every rank
     model = build_model(config, splits).to(dist.device)
@@ -518,8 +518,18 @@ def loop_targets(part: Any, target_mean: float, target_scale: float) -> torch.Te
     return y
 
 
-def _target_stats(splits: DataSplits) -> tuple[float, float]:
-    """Regression targets are standardised for training; metrics are reported in the original units."""
+def target_stats(splits: DataSplits) -> tuple[float, float]:
+    """The mean and standard deviation the engine standardises regression targets with (``(0, 1)`` otherwise).
+
+    The model learns ``(y - mean) / std``; metrics are reported in the original units.
+
+    Example:
+        >>> from mixlab.data import ArrayData
+        >>> part = ArrayData(torch.zeros(4, 3), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        >>> mean, std = target_stats(DataSplits("t", "regression", part, None, part, None, (3,), None, {}))
+        >>> mean, round(std, 4)
+        (2.5, 1.291)
+    """
     if splits.task != "regression" or not isinstance(splits.train, ArrayData):
         return 0.0, 1.0
     y = splits.train.y.double()
