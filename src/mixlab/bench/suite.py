@@ -159,16 +159,41 @@ def suite_path(name_or_path: str | os.PathLike) -> Path:
         >>> suite_path("quick").name
         'quick.yaml'
     """
+    return named_yaml(name_or_path, SUITE_DIRS, "suite", SuiteError)
+
+
+def named_yaml(
+    name_or_path: str | os.PathLike, folders: tuple[Path, ...], what: str, error: type[MixlabValueError]
+) -> Path:
+    """The YAML file for a name (looked up as ``NAME.yaml`` in ``folders``, in order) or a path.
+
+    Raises ``error`` naming the file that does not exist, or the unknown name and the known ones.
+
+    Example:
+        >>> named_yaml("quick", SUITE_DIRS, "suite", SuiteError).name
+        'quick.yaml'
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
-            raise SuiteError(f"suite file {str(path)!r} does not exist")
+            raise error(f"{what} file {str(path)!r} does not exist")
         return path
-    for folder in SUITE_DIRS:
+    for folder in folders:
         candidate = folder / f"{name_or_path}.yaml"
         if candidate.is_file():
             return candidate
-    raise SuiteError(f"unknown suite {str(name_or_path)!r}; known: {', '.join(list_suites()) or '(none found)'}")
+    known = ", ".join(yaml_names(folders)) or "(none found)"
+    raise error(f"unknown {what} {str(name_or_path)!r}; known: {known}")
+
+
+def yaml_names(folders: tuple[Path, ...]) -> list[str]:
+    """The names (file stems) of the YAML files in ``folders``, sorted, each once.
+
+    Example:
+        >>> "quick" in yaml_names(SUITE_DIRS)
+        True
+    """
+    return sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
 def list_suites() -> list[str]:
@@ -178,7 +203,7 @@ def list_suites() -> list[str]:
         >>> {"quick", "standard"} <= set(list_suites())
         True
     """
-    return sorted({p.stem for folder in SUITE_DIRS if folder.is_dir() for p in folder.glob("*.yaml")})
+    return yaml_names(SUITE_DIRS)
 
 
 def load_suite(name_or_path: str | os.PathLike) -> Suite:

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixlab.bench.suite import RunSpec, SuitePlan, load_suite, plan_suite
+from mixlab.bench.suite import RunSpec, SuitePlan, load_suite, named_yaml, plan_suite, yaml_names
 from mixlab.data.registry import get_spec
 from mixlab.errors import MixlabError, MixlabValueError
 from mixlab.evaluate.catalog import METRICS
@@ -302,16 +302,7 @@ def claim_path(name_or_path: str | os.PathLike) -> Path:
         ...
         mixlab.bench.claims.spec.ClaimError: unknown claim 'no_such_claim'; known: ...
     """
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise ClaimError(f"claim file {str(path)!r} does not exist")
-        return path
-    for folder in CLAIM_DIRS:
-        candidate = folder / f"{name_or_path}.yaml"
-        if candidate.is_file():
-            return candidate
-    raise ClaimError(f"unknown claim {str(name_or_path)!r}; known: {', '.join(list_claims()) or '(none found)'}")
+    return named_yaml(name_or_path, CLAIM_DIRS, "claim", ClaimError)
 
 
 def list_claims() -> list[str]:
@@ -321,7 +312,7 @@ def list_claims() -> list[str]:
         >>> isinstance(list_claims(), list)
         True
     """
-    return sorted({p.stem for folder in CLAIM_DIRS if folder.is_dir() for p in folder.glob("*.yaml")})
+    return yaml_names(CLAIM_DIRS)
 
 
 def load_claim(name_or_path: str | os.PathLike) -> Claim:
