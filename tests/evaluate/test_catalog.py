@@ -43,7 +43,7 @@ def test_an_unknown_key_names_itself_and_the_known_ones() -> None:
 def test_the_leaderboard_columns_are_the_catalogs_declarations() -> None:
     assert all(column is METRICS[column.key] for column in LEADERBOARD_METRICS)
     assert [column.header for column in LEADERBOARD_METRICS] == [
-        "top-1 (%) ↑", "top-5 (%) ↑", "NLL ↓", "ECE (%) ↓", "ECE after TS (%) ↓", "Brier ↓",
+        "top-1 (%) ↑", "top-5 (%) ↑", "RMSE ↓", "MAE ↓", "NLL ↓", "ECE (%) ↓", "ECE after TS (%) ↓", "Brier ↓",
         "FGSM acc. (%) ↑", "noise acc. (%) ↑", "step time (×ERM) ↓", "train img/s ↑", "wall time (s) ↓",
     ]  # fmt: skip
 
