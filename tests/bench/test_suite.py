@@ -113,3 +113,10 @@ def test_missing_data_without_fallback_says_where_it_looked(tmp_path: Path) -> N
 def test_unknown_suite_lists_the_known_ones() -> None:
     with pytest.raises(SuiteError, match=r"unknown suite 'quik'; known: .*quick"):
         load_suite("quik")
+
+
+def test_a_suite_file_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "latin.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SuiteError, match=r"latin\.yaml: not UTF-8 text"):
+        load_suite(path)

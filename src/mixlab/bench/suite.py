@@ -186,6 +186,24 @@ def named_yaml(
     raise error(f"unknown {what} {str(name_or_path)!r}; known: {known}")
 
 
+def read_yaml_mapping(path: Path, error: type[MixlabValueError], keys: str) -> dict[str, Any]:
+    """The mapping a YAML file holds; ``error`` names the file when it is not UTF-8, not YAML, or not a mapping.
+
+    Example:
+        >>> read_yaml_mapping(suite_path("quick"), SuiteError, "name, ...")["name"]
+        'quick'
+    """
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as failure:
+        raise error(f"{path}: not UTF-8 text ({failure})") from None
+    except yaml.YAMLError as failure:
+        raise error(f"{path}: not valid YAML: {failure}") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a mapping with {keys}; got {type(raw).__name__}")
+    return raw
+
+
 def yaml_names(folders: tuple[Path, ...]) -> list[str]:
     """The names (file stems) of the YAML files in ``folders``, sorted, each once.
 
@@ -214,12 +232,7 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         'fashion_mnist'
     """
     path = suite_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SuiteError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise SuiteError(f"{path}: expected a mapping with name, datasets, models, methods; got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, SuiteError, "name, datasets, models, methods")
     raw.setdefault("name", path.stem)
     try:
         return Suite.model_validate(raw)

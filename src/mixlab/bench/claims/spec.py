@@ -8,6 +8,7 @@ and ``configs/claims/``). :func:`load_claim` validates the file on its own;
 evaluated on the suite's runs, before any training starts.
 
 Example:
+    >>> import yaml
     >>> claim = Claim.model_validate(yaml.safe_load(EXAMPLE_CLAIM))
     >>> claim.suite, claim.checks[0].kind
     ('claim_mixup_label_noise', 'per-sample')
@@ -23,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixlab.bench.suite import RunSpec, SuitePlan, load_suite, named_yaml, plan_suite, yaml_names
+from mixlab.bench.suite import RunSpec, SuitePlan, load_suite, named_yaml, plan_suite, read_yaml_mapping, yaml_names
 from mixlab.data.registry import get_spec
 from mixlab.errors import MixlabError, MixlabValueError
 from mixlab.evaluate.catalog import METRICS
@@ -235,6 +235,7 @@ class Claim(_Strict):
     """A claim file (see the module docstring and ``configs/claims/``).
 
     Example:
+        >>> import yaml
         >>> claim = Claim.model_validate(yaml.safe_load(EXAMPLE_CLAIM))
         >>> claim.name, claim.checks[0].expect
         ('mixup_label_noise', 'higher')
@@ -329,12 +330,7 @@ def load_claim(name_or_path: str | os.PathLike) -> Claim:
         'Zhang, Cisse, Dauphin & Lopez-Paz, ICLR 2018, arXiv:1710.09412'
     """
     path = claim_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ClaimError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ClaimError(f"{path}: expected a mapping with name, statement, paper, ...; got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, ClaimError, "name, statement, paper, ...")
     try:
         claim = Claim.model_validate(raw)
     except ValidationError as error:
