@@ -32,7 +32,7 @@ from mixlab.bench.suite import RunSpec, SuiteError, SuitePlan
 from mixlab.engine.config import config_diff, config_to_dict
 from mixlab.engine.distributed import DistInfo, resolve_device
 from mixlab.engine.run import RESUMABLE_CHANGES, build_augment, run_info, target_stats, train
-from mixlab.evaluate import EvalResult, evaluate_classifier, evaluate_regressor
+from mixlab.evaluate import EvalResult, EvalSettings, evaluate_classifier, evaluate_regressor
 
 Event = tuple[str, str, Any]  # (kind, run key, payload): ("start" | "epoch" | "done" | "failed", key, ...)
 
@@ -144,6 +144,9 @@ def same_config(stored: dict[str, Any], spec: RunSpec) -> bool:
         >>> same_config(stored_config(spec), spec)
         True
     """
+    # Evaluation settings added after a run was stored read as their defaults, so that a store written by an
+    # earlier version keeps its finished runs (they simply lack the new analyses' metrics).
+    stored = {**stored, "evaluate": {**EvalSettings().model_dump(mode="json"), **stored.get("evaluate", {})}}
     diffs = config_diff(stored, stored_config(spec))
     return not [d for d in diffs if not d.startswith(RESUMABLE_CHANGES)]
 
@@ -206,7 +209,10 @@ class _EventHandler:
                 wall_time_s=payload["wall_time_s"],
                 versions=payload["versions"],
                 device=payload["device"],
-                artifacts={} if payload["reliability"] is None else {"reliability": payload["reliability"]},
+                artifacts={
+                    **payload["artifacts"],
+                    **({} if payload["reliability"] is None else {"reliability": payload["reliability"]}),
+                },
                 predictions=payload["predictions"],
             )
             self._close(key, payload["metrics"], None)
@@ -242,6 +248,7 @@ def execute_run(spec: RunSpec, output: str, emit: Callable[[Event], None]) -> No
     metrics["wall_time_s"] = wall
     emit(("done", spec.key, {
         "metrics": metrics, "reliability": evaluation.reliability, "predictions": evaluation.predictions,
+        "artifacts": evaluation.artifacts,
         "wall_time_s": wall,
         "versions": {k: info[k] for k in ("mixlab", "torch", "numpy", "python", "platform")},
         "device": f"{info['device']} ({info['device_name']})",
@@ -272,6 +279,12 @@ def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None
         evaluation = evaluate_classifier(
             result.model.to(device), splits.test, val=splits.val, settings=spec.evaluate, **common
         )
+        if spec.evaluate.analyses:
+            from mixlab.evaluate.analysis import analyse  # TEMP lazy
+
+            analysis = analyse(result.model, splits, config, spec.evaluate, mixer_state=result.mixer_state, **common)
+            evaluation.metrics.update(analysis.metrics)
+            evaluation.artifacts.update(analysis.artifacts)
     history = result.history
     speeds = [r["images_per_s"] for r in history[1:] or history]  # the first epoch includes warm-up
     metrics = {

@@ -356,6 +356,13 @@ def _run_spec(
         settings = EvalSettings.model_validate({**suite.evaluate, **dataset.evaluate})
     except ValidationError as error:
         raise SuiteError(format_validation_error(error, "evaluate")) from None
+    if settings.analyses:
+        from mixlab.evaluate.analysis import check_analyses  # TEMP lazy until the analysis modules land
+
+        try:
+            check_analyses(config, settings, get_spec(dataset.name).input_shape)
+        except MixlabValueError as error:
+            raise SuiteError(str(error)) from None
     return RunSpec(key, dataset.name, model.name, method.name, seed, config, settings)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from mixlab.data import ArrayData
@@ -34,30 +34,7 @@ from mixlab.evaluate.metrics import (
 )
 from mixlab.evaluate.predictions import SamplePredictions, classification_predictions, regression_predictions
 from mixlab.evaluate.robustness import DeviceLike, Preprocess, fgsm_accuracy, noise_accuracy, predict_logits
-
-
-class EvalSettings(BaseModel):
-    """How a classifier is evaluated: attack radius, noise level, batch size, calibration bins, seed.
-
-    Args:
-        fgsm_eps: FGSM L∞ radius in the raw [0, 1] input scale (2/255: two grey levels).
-        noise_std: standard deviation of the Gaussian noise, same scale.
-        batch_size: samples per forward pass.
-        n_bins: confidence bins of the ECE and the reliability diagram.
-        seed: seed of the noise.
-
-    Example:
-        >>> EvalSettings(noise_std=0.2).batch_size
-        1000
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    fgsm_eps: float = Field(2 / 255, ge=0.0)
-    noise_std: float = Field(0.1, ge=0.0)
-    batch_size: int = Field(1000, gt=0)
-    n_bins: int = Field(15, ge=2)
-    seed: int = Field(0, ge=0)
+from mixlab.evaluate.settings import EvalSettings
 
 
 @dataclass
@@ -73,6 +50,8 @@ class EvalResult:
     metrics: dict[str, float]
     reliability: dict[str, list[float]] | None
     predictions: SamplePredictions | None = field(default=None, repr=False)
+    #: what the analyses draw besides numbers (OOD ROC curves, the gap against λ), by name; plain JSON.
+    artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """``{"metrics": ..., "reliability": ...}``, ready for ``json.dumps`` (the per-sample predictions are left out)."""
