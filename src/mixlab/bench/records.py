@@ -18,7 +18,9 @@ class RunRecord:
     ``final`` holds the evaluation metrics (``top1``, ``nll``, ``ece``, ...) and the run's cost
     (``wall_time_s``, ``images_per_s``); ``epochs`` the per-epoch training records in order;
     ``reliability`` the test split's reliability-diagram bins (see
-    :func:`mixlab.evaluate.reliability_bins`), or ``None``; ``predictions`` the
+    :func:`mixlab.evaluate.reliability_bins`), or ``None``; ``artifacts`` every stored artifact
+    of the run by name, JSON-decoded (``reliability`` among them; the analyses' ``ood_roc`` and
+    ``gap_curve``), empty for a run stored without any; ``predictions`` the
     per-sample test predictions when the store was asked for them
     (``ResultStore.records(with_predictions=True)``) and holds them.
 
@@ -44,6 +46,7 @@ class RunRecord:
     ended: str | None = None
     error: str | None = None
     predictions: SamplePredictions | None = field(default=None, repr=False)
+    artifacts: dict[str, Any] = field(default_factory=dict, repr=False)  # last: positional callers keep working
 
     @property
     def finished(self) -> bool:

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from mixlab.bench.aggregate import Leaderboard, LeaderboardRow, aggregate, method_order
+from mixlab.bench.analysis_report import (
+    AnalysisSection,
+    analysis_html,
+    analysis_markdown,
+    analysis_sections,
+    embedded_figure,
+    method_swatch,
+)
 from mixlab.bench.comparisons import format_difference, format_p_value
 from mixlab.bench.plots import PLOTS, method_colours, render_plots
 from mixlab.bench.records import BASELINE_METHOD, RunRecord
@@ -212,8 +219,7 @@ def _differences_html(board: Leaderboard, colours: dict[str, str]) -> str:
 
 
 def _swatch(method: str, colour: str | None) -> str:
-    dot = f'<span class="dot" style="background:{colour}"></span>' if colour else ""
-    return dot + html.escape(method)
+    return method_swatch(method, colour)
 
 
 # ------------------------------------------------------------------ the report
@@ -259,10 +265,13 @@ def write_report(
     boards = boards if boards is not None else aggregate(records, baseline=baseline)
     colours = method_colours(method_order(boards))
     plots = render_plots(records, boards, colours, gallery)
+    analysis = analysis_sections(records, boards, colours)
     files = {name: (PLOTS[name][0], png) for name, png in plots.items()}
-    files["leaderboard"] = (LEADERBOARD_FILE, _markdown_report(suite, records, boards, plots).encode())
+    files |= {file.removesuffix(".png"): (file, png) for s in analysis for file, _, png in s.plots.values()}
+    markdown = _markdown_report(suite, records, boards, plots, analysis)
+    files["leaderboard"] = (LEADERBOARD_FILE, markdown.encode())
     links = [(CLAIMS_PAGE, "claims tested at CPU scale")] if (out_dir / CLAIMS_PAGE).is_file() else []
-    files["index"] = (INDEX_FILE, html_page(suite, records, boards, plots, colours, links).encode())
+    files["index"] = (INDEX_FILE, html_page(suite, records, boards, plots, colours, links, analysis).encode())
     return _write_files(out_dir, files)
 
 
@@ -313,11 +322,19 @@ def _failed(records: Sequence[RunRecord]) -> list[RunRecord]:
     return [record for record in records if record.status == "failed"]
 
 
-def _markdown_report(suite: str, records: list[RunRecord], boards: list[Leaderboard], plots: dict[str, bytes]) -> str:
+def _markdown_report(
+    suite: str,
+    records: list[RunRecord],
+    boards: list[Leaderboard],
+    plots: dict[str, bytes],
+    analysis: Sequence[AnalysisSection] = (),
+) -> str:
     parts = [f"# mixlab benchmark: {suite}", "", _run_counts(records) + ".", "", leaderboard_markdown(boards)]
     if plots:
         parts += ["", "## Plots", ""]
         parts += ["\n\n".join(f"![{PLOTS[name][1]}]({PLOTS[name][0]})" for name in plots)]
+    if analysis:
+        parts += ["", analysis_markdown(analysis)]
     failed = _failed(records)
     if failed:
         parts += ["", "## Failed runs", ""]
@@ -366,10 +383,13 @@ def html_page(
     plots: dict[str, bytes],
     colours: dict[str, str] | None = None,
     links: Sequence[tuple[str, str]] = (),
+    analysis: Sequence[AnalysisSection] = (),
 ) -> str:
     """The report as one HTML page with nothing external: ``plots`` (name -> PNG bytes) are embedded.
 
-    ``links`` are (relative file, text) pairs shown under the title, such as the claims page.
+    ``links`` are (relative file, text) pairs shown under the title, such as the claims page;
+    ``analysis`` the boards' analysis sections (:func:`mixlab.bench.analysis_report.analysis_sections`),
+    shown after the plots.
 
     Example:
         >>> page = html_page("quick", [], [], {})
@@ -386,6 +406,8 @@ def html_page(
     ]
     if plots:
         body += ["<h2>Plots</h2>", *(_figure_html(name, png) for name, png in plots.items())]
+    if analysis:
+        body.append(analysis_html(analysis, colours))
     body += ["<h2>Failed runs</h2>", _failed_html(_failed(records))]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -404,12 +426,7 @@ def _period(records: Sequence[RunRecord]) -> str:
 
 
 def _figure_html(name: str, png: bytes) -> str:
-    caption = PLOTS[name][1]
-    data = base64.b64encode(png).decode("ascii")
-    return (
-        f'<figure id="{name}"><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-    )
+    return embedded_figure(name, PLOTS[name][1], png)
 
 
 def _failed_html(failed: Sequence[RunRecord]) -> str:

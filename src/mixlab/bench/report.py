@@ -7,7 +7,9 @@ The report lives in three modules, one job each; this module gathers their publi
 - :mod:`mixlab.bench.render`: Markdown and HTML (:func:`leaderboard_markdown`,
   :func:`html_page`) and :func:`write_report`, which writes ``leaderboard.md``, the plots and
   ``index.html``;
-- :mod:`mixlab.bench.plots`: the matplotlib figures, rendered to PNG.
+- :mod:`mixlab.bench.plots`: the matplotlib figures, rendered to PNG;
+- :mod:`mixlab.bench.analysis_report`: the analysis section of each board (:func:`analysis_sections`):
+  the issue-13 analyses' tables, mCE against the baseline and their plots.
 
 The columns' keys, labels, directions and formats are declared in :mod:`mixlab.evaluate.catalog`.
 
@@ -33,6 +35,15 @@ from mixlab.bench.aggregate import (
     pool_reliability,
     run_metrics,
 )
+from mixlab.bench.analysis_report import (
+    ANALYSIS_PLOTS,
+    AnalysisSection,
+    AnalysisTable,
+    analysis_html,
+    analysis_markdown,
+    analysis_sections,
+    mean_corruption_errors,
+)
 from mixlab.bench.plots import (
     BASELINE_COLOUR,
     DPI,
@@ -57,6 +68,7 @@ from mixlab.bench.render import (
 METRICS = LEADERBOARD_METRICS
 
 __all__ = [
+    "ANALYSIS_PLOTS",
     "BASELINE_COLOUR",
     "DPI",
     "INDEX_FILE",
@@ -65,16 +77,22 @@ __all__ = [
     "METRICS",
     "PALETTE",
     "PLOTS",
+    "AnalysisSection",
+    "AnalysisTable",
     "Leaderboard",
     "LeaderboardRow",
     "Summary",
     "aggregate",
+    "analysis_html",
+    "analysis_markdown",
+    "analysis_sections",
     "baseline_images_per_s",
     "epoch_curve",
     "figure_to_array",
     "html_page",
     "leaderboard_html",
     "leaderboard_markdown",
+    "mean_corruption_errors",
     "method_colours",
     "method_order",
     "new_figure",

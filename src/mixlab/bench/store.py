@@ -393,9 +393,10 @@ class ResultStore:
             "SELECT epoch, metric, value FROM epoch_metrics WHERE run_id = ? ORDER BY epoch", (run_id,)
         ):
             epochs.setdefault(r["epoch"], {"epoch": r["epoch"]})[r["metric"]] = r["value"]
-        artifact = self._db.execute(
-            "SELECT value FROM artifacts WHERE run_id = ? AND name = 'reliability'", (run_id,)
-        ).fetchone()
+        artifacts = {
+            r["name"]: json.loads(r["value"])
+            for r in self._db.execute("SELECT name, value FROM artifacts WHERE run_id = ? ORDER BY name", (run_id,))
+        }
         return RunRecord(
             suite=row["suite"],
             run_id=run_id,
@@ -408,7 +409,8 @@ class ResultStore:
             config=json.loads(row["config"]),
             final=final,
             epochs=[epochs[e] for e in sorted(epochs)],
-            reliability=None if artifact is None else json.loads(artifact[0]),
+            reliability=artifacts.get("reliability"),
+            artifacts=artifacts,
             started=row["started"],
             ended=row["ended"],
             error=row["error"],

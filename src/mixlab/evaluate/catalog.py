@@ -109,6 +109,45 @@ _ALL = (
     MetricInfo("rmse", "RMSE", False, description="root mean squared error, in target units"),
     MetricInfo("mae", "MAE", False, description="mean absolute error, in target units"),
     MetricInfo("mse", "MSE", False, description="mean squared error, in squared target units"),
+    # analyses of issue 13 (mixlab.evaluate.calibration, ood, corruptions, transfer, gap, geometry); keys with
+    # a part after "/" (per OOD source, transfer target, corruption, λ bin) resolve to the part before it
+    _percent("aece", "adaptive ECE", False, "ECE over equal-mass bins of top-label confidence (Nixon et al. 2019)"),
+    _percent("cw_ece", "classwise ECE", False, "mean over classes of the ECE of each class's predicted probability"),
+    _percent("mce", "MCE", False, "maximum calibration error: largest |accuracy - confidence| over non-empty bins"),
+    _percent("aurc", "AURC", False, "area under the risk-coverage curve of selective prediction by max probability"),
+    _percent("eaurc", "E-AURC", False, "AURC minus that of an oracle ranking the errors last (Geifman et al. 2019)"),
+    _percent("ood_auroc_msp", "OOD AUROC MSP", True, "AUROC of in- vs out-of-distribution by max softmax probability"),
+    _percent("ood_auroc_energy", "OOD AUROC energy", True, "AUROC of in- vs out-of-distribution by negative energy"),
+    _percent("ood_fpr95_msp", "OOD FPR@95", False, "share of OOD samples accepted at the MSP threshold keeping 95% ID"),
+    _percent(
+        "corr_acc", "corruption acc.", True, "top-1 on corrupted test inputs, mean over corruptions and severities"
+    ),
+    _percent(
+        "corr_mce", "mCE", False, "mean over corruptions of the error relative to the baseline's (Hendrycks 2019)"
+    ),
+    MetricInfo(
+        "logme", "LogME", True, description="log marginal evidence of a linear model on the features, per sample"
+    ),
+    MetricInfo("hscore", "H-score", True, description="inter-class over total feature covariance (Bao et al. 2019)"),
+    MetricInfo("leep", "LEEP", True, description="log expected empirical prediction of target labels (Nguyen 2020)"),
+    _percent("probe_acc", "probe acc.", True, "test accuracy of a logistic-regression probe on the frozen features"),
+    MetricInfo("mmd", "MMD²", None, decimals=4, description="unbiased RBF MMD² of mixed to real features in a λ bin"),
+    MetricInfo("mmd_p", "MMD p", None, description="permutation p-value of the MMD² of mixed to real features"),
+    MetricInfo(
+        "mmd_mixed_real", "mixed-real MMD²", None, decimals=4, description="MMD² of mixed to real features, mean over λ"
+    ),
+    _percent("intrusion_rate", "intrusion", False, "share of mixed inputs predicted as neither mixed label (Guo 2019)"),
+    MetricInfo("kid", "KID", None, decimals=4, description="kernel inception distance of mixed to real features"),
+    MetricInfo("nc1", "NC1", None, description="within-class variability relative to between-class (Papyan 2020)"),
+    MetricInfo("nc2_norm", "NC2 norm", None, description="coefficient of variation of the class-mean norms"),
+    MetricInfo("nc2_angle", "NC2 angle", None, description="spread of the class-mean cosines around -1/(K-1)"),
+    MetricInfo("nc3", "NC3", None, description="distance between the normalised head weights and class means"),
+    MetricInfo("nc4", "NC4", None, description="share of samples where the head and nearest class mean disagree"),
+    MetricInfo(
+        "hessian_trace", "Hessian trace", None, decimals=2, description="Hutchinson estimate of tr(H) of the loss"
+    ),
+    MetricInfo("sharpness_avg", "avg. sharpness", None, decimals=4, description="mean loss rise under relative noise"),
+    MetricInfo("analysis_time_s", "analysis time", False, decimals=1, unit="s", description="an analysis's time, in s"),
 )
 #: every metric by key.
 METRICS: dict[str, MetricInfo] = {info.key: info for info in _ALL}
@@ -117,12 +156,21 @@ METRICS: dict[str, MetricInfo] = {info.key: info for info in _ALL}
 def metric_info(key: str) -> MetricInfo:
     """The declaration of metric ``key``; an unknown key raises ``MixlabValueError`` listing the known ones.
 
+    A key with parts after a ``/`` (one OOD source, transfer target, corruption, severity or λ bin of an
+    analysis: ``ood_auroc_msp/digits``, ``corr_acc/fog/3``, ``mmd/lam_0.0_0.2``) is declared by the part
+    before the first ``/``.
+
     Example:
         >>> metric_info("nll").higher_is_better
         False
+        >>> metric_info("corr_acc/fog/3") is metric_info("corr_acc")
+        True
         >>> metric_info("accuracy")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        mixlab.errors.UnknownNameError: unknown metric 'accuracy'; known: brier, ece, ...
+        mixlab.errors.UnknownNameError: unknown metric 'accuracy'; known: aece, analysis_time_s, ...
     """
+    base = key.partition("/")[0] if isinstance(key, str) and key not in METRICS else key
+    if base in METRICS:
+        return METRICS[base]
     return METRICS[check_choice("metric", key, METRICS)]
