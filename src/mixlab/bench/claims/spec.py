@@ -42,7 +42,12 @@ MAX_BUDGET_MINUTES = 15.0
 #: statistics computed from each run's stored per-sample test predictions (compared sample by sample).
 PER_SAMPLE_STATISTICS: tuple[str, ...] = tuple(dict.fromkeys(s for task in STATISTICS.values() for s in task))
 #: catalog metrics the report derives but the store does not hold (and what to use instead).
-_DERIVED = {"step_ratio": "compare images_per_s or train_time_s with relative: true"}
+_DERIVED = {
+    "step_ratio": "compare images_per_s or train_time_s with relative: true",
+    "corr_mce": "compare corr_acc (or corr_acc/<corruption>) instead",
+    "mmd": "it is stored per λ bin: name mmd/lam_<lo>_<hi>, or mmd_mixed_real",
+    "mmd_p": "it is stored per λ bin: name mmd_p/lam_<lo>_<hi>",
+}
 #: final run metrics the store holds (the metric catalog's keys), compared by a t-interval over seeds.
 FINAL_METRICS: tuple[str, ...] = tuple(k for k in METRICS if k not in _DERIVED and k not in PER_SAMPLE_STATISTICS)
 #: metrics the training loop logs per epoch; a check names the epoch with ``epoch: N``. The keys are those of
@@ -154,7 +159,7 @@ class ClaimCheck(_Strict):
     def _known_statistic(cls, value: str) -> str:
         if value in _DERIVED:
             raise ValueError(f"{value} is derived by the report, not stored: {_DERIVED[value]}")
-        if value not in (*PER_SAMPLE_STATISTICS, *FINAL_METRICS, *EPOCH_METRICS):
+        if value not in (*PER_SAMPLE_STATISTICS, *FINAL_METRICS, *EPOCH_METRICS) and not _is_part_key(value):
             raise ValueError(
                 f"unknown statistic; per-sample statistics: {', '.join(PER_SAMPLE_STATISTICS)}; final metrics: "
                 f"{', '.join(FINAL_METRICS)}; epoch metrics (with epoch: N): {', '.join(EPOCH_METRICS)}"
@@ -191,7 +196,9 @@ class ClaimCheck(_Strict):
                 f"epoch: {self.statistic} is a per-sample statistic of the final model's test predictions; it has "
                 f"no epoch (got epoch {self.epoch}): remove epoch, or name an epoch metric such as test_acc"
             )
-        elif self.epoch is None and self.statistic not in (*PER_SAMPLE_STATISTICS, *FINAL_METRICS):
+        elif self.epoch is None and self.statistic not in (*PER_SAMPLE_STATISTICS, *FINAL_METRICS) and not _is_part_key(
+            self.statistic
+        ):
             problems.append(f"epoch: {self.statistic} is an epoch metric of the training log: say which epoch's "
                             "value to compare (epoch: N)")  # fmt: skip
         elif self.epoch is not None and self.statistic not in EPOCH_METRICS:
@@ -519,3 +526,9 @@ def _epoch_problem(check: ClaimCheck, spec: RunSpec) -> str | None:
         return (f"epoch: {check.statistic} is logged only on evaluated epochs (every {train.eval_every}, and the "
                 f"last, {train.epochs}); epoch {epoch} is not one")  # fmt: skip
     return None
+
+
+def _is_part_key(statistic: str) -> bool:
+    """A per-source, per-corruption or per-bin analysis key (``ood_auroc_msp/digits``, ``mmd/lam_0.0_0.2``)."""
+    base, _, part = statistic.partition("/")
+    return bool(part) and (base in FINAL_METRICS or base in ("mmd", "mmd_p"))
