@@ -42,8 +42,7 @@ def msp_score(logits: Tensor) -> Tensor:
         >>> msp_score(torch.tensor([[0.0, 0.0], [2.0, 2.0]])).tolist()
         [0.5, 0.5]
     """
-    logits = _check_logits("logits", logits)
-    return logits.double().softmax(dim=1).amax(dim=1)
+    return _msp(_check_logits("logits", logits))
 
 
 def energy_score(logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -57,8 +56,7 @@ def energy_score(logits: Tensor, temperature: float = 1.0) -> Tensor:
         1.386294
     """
     logits = _check_logits("logits", logits)
-    temperature = check_positive("temperature", temperature)
-    return temperature * torch.logsumexp(logits.double() / temperature, dim=1)
+    return _energy(logits, check_positive("temperature", temperature))
 
 
 def auroc(in_scores: Tensor, out_scores: Tensor) -> float:
@@ -150,10 +148,10 @@ def ood_metrics(in_logits: Tensor, out_logits: Tensor) -> dict[str, float]:
         (1.0, 0.0)
     """
     in_logits, out_logits = _check_logit_pair(in_logits, out_logits)
-    in_msp, out_msp = msp_score(in_logits), msp_score(out_logits)
+    in_msp, out_msp = _msp(in_logits), _msp(out_logits)
     return {
         "ood_auroc_msp": auroc(in_msp, out_msp),
-        "ood_auroc_energy": auroc(energy_score(in_logits), energy_score(out_logits)),
+        "ood_auroc_energy": auroc(_energy(in_logits), _energy(out_logits)),
         "ood_fpr95_msp": fpr_at_tpr(in_msp, out_msp, 0.95),
     }
 
@@ -169,9 +167,17 @@ def ood_curves(in_logits: Tensor, out_logits: Tensor, max_points: int = 101) -> 
     in_logits, out_logits = _check_logit_pair(in_logits, out_logits)
     max_points = check_int("max_points", max_points, minimum=2)
     return {
-        "msp": roc_points(msp_score(in_logits), msp_score(out_logits), max_points),
-        "energy": roc_points(energy_score(in_logits), energy_score(out_logits), max_points),
+        "msp": roc_points(_msp(in_logits), _msp(out_logits), max_points),
+        "energy": roc_points(_energy(in_logits), _energy(out_logits), max_points),
     }
+
+
+def _msp(logits: Tensor) -> Tensor:
+    return logits.double().softmax(dim=1).amax(dim=1)
+
+
+def _energy(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    return temperature * torch.logsumexp(logits.double() / temperature, dim=1)
 
 
 def _check_logits(name: str, logits: Tensor) -> Tensor:
