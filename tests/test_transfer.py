@@ -274,3 +274,12 @@ def test_probe_refuses_bad_settings_and_unsplittable_classes() -> None:
 def test_extract_features_refuses_a_model_without_features() -> None:
     with pytest.raises(MixlabTypeError, match=r"callable \.features .* Linear has none"):
         extract_features(nn.Linear(4, 2), torch.randn(3, 4), preprocess=lambda b: b)
+
+
+def test_the_scores_leave_the_thread_pools_as_they_found_them() -> None:
+    from threadpoolctl import threadpool_info
+
+    before = [(pool["internal_api"], pool["num_threads"]) for pool in threadpool_info()]
+    features, labels = _labelled_features(60, 3, noise=0.3)
+    transfer_metrics(features, labels, torch.eye(3)[labels])
+    assert [(pool["internal_api"], pool["num_threads"]) for pool in threadpool_info()] == before
