@@ -357,3 +357,14 @@ def test_geometry_metrics_refuses_a_model_without_features() -> None:
     with pytest.raises(MixlabTypeError, match="got Sequential, which has no features"):
         geometry_metrics(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.randn(6, 4), torch.arange(6) % 2,
                          preprocess=_identity, num_classes=2)  # fmt: skip
+
+
+def test_geometry_metrics_agree_across_devices(device: torch.device) -> None:
+    x, y = torch.randn(24, 5, generator=torch.Generator().manual_seed(6)), torch.arange(24) % 3
+    model = create_model("mlp", num_classes=3, in_channels=5)
+    options = {"preprocess": _identity, "num_classes": 3, "hessian_samples": 12, "n_probes": 3, "batch_size": 10}
+    on_cpu = geometry_metrics(model, x, y, **options, device="cpu")
+    on_device = geometry_metrics(model, x.to(device), y.to(device), **options, device=device)
+    assert on_device.keys() == on_cpu.keys()
+    for key, value in on_cpu.items():
+        assert on_device[key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
