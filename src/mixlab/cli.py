@@ -265,24 +265,34 @@ def show(
     out.print(f"wrote {path}", highlight=False)
 
 
+_ANALYSIS_HELP = "Also run this analysis (calibration, ood, corruptions, transfer, gap, geometry); repeatable, or 'all'."
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A run directory or its checkpoint.pt.")],
     data_root: Annotated[Path | None, typer.Option("--data-root", help="Look for data here first.")] = None,
     fgsm_eps: Annotated[float | None, typer.Option("--fgsm-eps", help="FGSM radius in [0, 1] pixel units.")] = None,
     noise_std: Annotated[float | None, typer.Option("--noise-std", help="Gaussian noise std, pixel units.")] = None,
+    analyses: Annotated[list[str] | None, typer.Option("--analysis", help=_ANALYSIS_HELP)] = None,
+    ood: Annotated[list[str] | None, typer.Option("--ood", help="OOD source (repeatable); default: automatic.")] = None,
+    transfer: Annotated[
+        list[str] | None, typer.Option("--transfer", help="Transfer target (repeatable); default: automatic.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """Compute the benchmark's metrics (accuracy, calibration, robustness) for a saved model."""
+    """Compute the benchmark's metrics (accuracy, calibration, robustness) for a saved model, and analyses."""
     import json
 
     from pydantic import ValidationError
 
     from mixlab.engine.config import ConfigError, format_validation_error
-    from mixlab.evaluate import EvalSettings, evaluate_checkpoint
+    from mixlab.evaluate import ANALYSES, EvalSettings, evaluate_checkpoint
 
     with _reported():
-        chosen = {"fgsm_eps": fgsm_eps, "noise_std": noise_std}
+        if analyses and "all" in analyses:
+            analyses = list(ANALYSES)
+        chosen = {"fgsm_eps": fgsm_eps, "noise_std": noise_std, "analyses": analyses, "ood": ood, "transfer": transfer}
         try:
             settings = EvalSettings(**{k: v for k, v in chosen.items() if v is not None})
         except ValidationError as error:

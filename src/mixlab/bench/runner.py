@@ -32,7 +32,7 @@ from mixlab.bench.suite import RunSpec, SuiteError, SuitePlan
 from mixlab.engine.config import config_diff, config_to_dict
 from mixlab.engine.distributed import DistInfo, resolve_device
 from mixlab.engine.run import RESUMABLE_CHANGES, build_augment, run_info, target_stats, train
-from mixlab.evaluate import EvalResult, EvalSettings, evaluate_classifier, evaluate_regressor
+from mixlab.evaluate import EvalResult, EvalSettings, analyse, evaluate_classifier, evaluate_regressor
 
 Event = tuple[str, str, Any]  # (kind, run key, payload): ("start" | "epoch" | "done" | "failed", key, ...)
 
@@ -280,9 +280,10 @@ def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None
             result.model.to(device), splits.test, val=splits.val, settings=spec.evaluate, **common
         )
         if spec.evaluate.analyses:
-            from mixlab.evaluate.analysis import analyse  # TEMP lazy
-
-            analysis = analyse(result.model, splits, config, spec.evaluate, mixer_state=result.mixer_state, **common)
+            analysis = analyse(
+                result.model, splits, config, spec.evaluate, mixer_state=result.mixer_state,
+                test_logits=evaluation.logits, **common,
+            )  # fmt: skip
             evaluation.metrics.update(analysis.metrics)
             evaluation.artifacts.update(analysis.artifacts)
     history = result.history

@@ -44,7 +44,7 @@ from mixlab.data.locate import DataNotFoundError
 from mixlab.data.registry import get_spec
 from mixlab.engine.config import ConfigError, RunConfig, apply_overrides, format_validation_error
 from mixlab.errors import MixlabValueError
-from mixlab.evaluate import EvalSettings
+from mixlab.evaluate import EvalSettings, check_analyses
 
 #: where suites named without a path are looked up, in order (a source checkout's configs/suites last).
 SUITE_DIRS = (Path("configs") / "suites", Path(__file__).resolve().parents[3] / "configs" / "suites")
@@ -356,13 +356,10 @@ def _run_spec(
         settings = EvalSettings.model_validate({**suite.evaluate, **dataset.evaluate})
     except ValidationError as error:
         raise SuiteError(format_validation_error(error, "evaluate")) from None
-    if settings.analyses:
-        from mixlab.evaluate.analysis import check_analyses  # TEMP lazy until the analysis modules land
-
-        try:
-            check_analyses(config, settings, get_spec(dataset.name).input_shape)
-        except MixlabValueError as error:
-            raise SuiteError(str(error)) from None
+    try:
+        check_analyses(config, settings, get_spec(dataset.name).input_shape)
+    except MixlabValueError as error:
+        raise SuiteError(str(error)) from None
     return RunSpec(key, dataset.name, model.name, method.name, seed, config, settings)
 
 

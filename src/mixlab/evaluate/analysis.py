@@ -153,6 +153,7 @@ def analyse(
     preprocess: Preprocess,
     device: DeviceLike = None,
     mixer_state: dict[str, Any] | None = None,
+    test_logits: Tensor | None = None,
 ) -> AnalysisResult:
     """Run the analyses ``settings.analyses`` names on a trained run; see the module docstring for the keys.
 
@@ -162,6 +163,7 @@ def analyse(
         config: its run config (the mixer and the data options come from it).
         preprocess: raw batch → model input (the run's eval preprocessing).
         mixer_state: the trained mixer's state (learned mixers), loaded into the gap's mixer.
+        test_logits: the model's logits on ``splits.test`` when already computed (``EvalResult.logits``).
 
     Example:
         >>> from mixlab.engine.config import RunConfig
@@ -171,7 +173,7 @@ def analyse(
         >>> model = build_model(config, splits)
         >>> result = analyse(model, splits, config, EvalSettings(analyses=["calibration"]), preprocess=lambda b: b)
         >>> sorted(result.metrics)
-        ['analysis_time_s/calibration', 'aece', 'aurc', 'cw_ece', 'eaurc', 'mce']
+        ['aece', 'analysis_time_s/calibration', 'aurc', 'cw_ece', 'eaurc', 'mce']
     """
     if not isinstance(settings, EvalSettings):
         raise MixlabTypeError(f"settings must be an EvalSettings; got {type(settings).__name__}")
@@ -181,7 +183,11 @@ def analyse(
     for name in ("train", "test"):
         if not isinstance(getattr(splits, name), ArrayData):
             raise MixlabTypeError(f"the analyses need in-memory splits; {name} is a {type(getattr(splits, name)).__name__}")
-    run = _Run(model, splits, config, settings, preprocess, device, mixer_state)
+    if test_logits is not None and tuple(test_logits.shape[:1]) != (len(splits.test),):
+        raise MixlabValueError(
+            f"test_logits must have one row per test sample ({len(splits.test)}); got shape {tuple(test_logits.shape)}"
+        )
+    run = _Run(model, splits, config, settings, preprocess, device, mixer_state, test_logits)
     result = AnalysisResult()
     for name in (a for a in ANALYSES if a in settings.analyses):
         started = time.perf_counter()
@@ -235,7 +241,7 @@ def _gap(run: _Run) -> Outcome:
     gap = mixed_real_gap(
         run.model, _gap_mixer(run), run.splits.train.x, run.splits.train.y,
         n_bins=settings.gap_bins, samples=settings.gap_samples, n_permutations=settings.gap_permutations,
-        seed=settings.seed, **run.common,
+        seed=settings.seed, **{**run.common, "batch_size": settings.gap_batch_size},
     )  # fmt: skip
     return gap.metrics, {"gap_curve": gap.curve}
 

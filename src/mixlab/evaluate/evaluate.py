@@ -26,6 +26,7 @@ from mixlab.engine.config import RunConfig, format_validation_error
 from mixlab.engine.distributed import resolve_device
 from mixlab.engine.run import build_augment, build_model, load_run_data
 from mixlab.errors import MixlabTypeError, MixlabValueError
+from mixlab.evaluate.analysis import analyse, check_analyses
 from mixlab.evaluate.metrics import (
     classification_metrics,
     fit_temperature,
@@ -52,6 +53,8 @@ class EvalResult:
     predictions: SamplePredictions | None = field(default=None, repr=False)
     #: what the analyses draw besides numbers (OOD ROC curves, the gap against λ), by name; plain JSON.
     artifacts: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the test logits ``(N, K)`` (classifiers), so that analyses need not compute them again; not stored.
+    logits: Tensor | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """``{"metrics": ..., "reliability": ...}``, ready for ``json.dumps`` (the per-sample predictions are left out)."""
@@ -101,7 +104,7 @@ def evaluate_classifier(
     metrics["noise_acc"] = noise_accuracy(model, test.x, test.y, std=settings.noise_std, seed=settings.seed, **common)
     metrics["num_test"] = len(test)
     reliability = reliability_bins(logits, test.y, n_bins=settings.n_bins)
-    return EvalResult(metrics, reliability, classification_predictions(logits, test.y))
+    return EvalResult(metrics, reliability, classification_predictions(logits, test.y), logits=logits)
 
 
 def evaluate_regressor(
@@ -145,7 +148,8 @@ def evaluate_checkpoint(
     settings: EvalSettings | None = None,
     device: DeviceLike = None,
 ) -> EvalResult:
-    """:func:`evaluate_classifier` on the model of a training run, rebuilt from its checkpoint and config.
+    """:func:`evaluate_classifier` on the model of a training run, rebuilt from its checkpoint and config,
+    and the analyses ``settings.analyses`` names (:func:`~mixlab.evaluate.analysis.analyse`).
 
     The run's data are read again as its config says (the same split seed, so
     the same val and test splits), with the run's eval-time preprocessing.
@@ -175,15 +179,17 @@ def evaluate_checkpoint(
     model.load_state_dict(state["model"])
     if config.train.channels_last == "on" or (config.train.channels_last == "auto" and len(splits.input_shape) == 3):
         model = model.to(memory_format=torch.channels_last)  # as the engine trained and evaluated it: faster on CPU
+    check_analyses(config, settings, tuple(splits.input_shape))
     augment = build_augment(config, splits)
-    return evaluate_classifier(
-        model,
-        splits.test,
-        val=splits.val,
-        preprocess=lambda x: augment(x, train=False),
-        settings=settings,
-        device=_resolve(device),
-    )
+    common = {"preprocess": lambda x: augment(x, train=False), "device": _resolve(device)}
+    result = evaluate_classifier(model, splits.test, val=splits.val, settings=settings, **common)
+    if settings.analyses:
+        analysis = analyse(
+            model, splits, config, settings, mixer_state=state.get("mixer"), test_logits=result.logits, **common
+        )
+        result.metrics.update(analysis.metrics)
+        result.artifacts.update(analysis.artifacts)
+    return result
 
 
 # ------------------------------------------------------------------ helpers

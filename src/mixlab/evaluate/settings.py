@@ -36,6 +36,8 @@ class EvalSettings(BaseModel):
             test set (a seeded subset; ``None``: all).
         gap_samples, gap_bins, gap_permutations: real and mixed training samples, λ bins and permutations of
             the mixed-vs-real gap.
+        gap_batch_size: the batches the gap mixes: small, since a batch-mode mixer draws one λ per batch and the
+            λ bins need many draws (25: 40 draws for 1,000 samples).
         nc_samples: training samples for neural collapse (``None``: all).
         hessian_samples, hessian_probes: the fixed training subset and Rademacher probes of the Hessian trace.
         sharpness_sigma, sharpness_draws: relative weight-noise size and draws of the average sharpness.
@@ -63,6 +65,7 @@ class EvalSettings(BaseModel):
     gap_samples: int = Field(1000, ge=40)
     gap_bins: int = Field(5, ge=1, le=20)
     gap_permutations: int = Field(200, ge=19)
+    gap_batch_size: int = Field(25, ge=2)
     nc_samples: int | None = Field(5000, gt=0)
     hessian_samples: int = Field(256, gt=0)
     hessian_probes: int = Field(8, gt=0)
