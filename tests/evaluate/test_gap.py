@@ -19,7 +19,7 @@ from mixlab.evaluate.gap import (
     mmd2_unbiased,
     mmd_test,
 )
-from mixlab.evaluate.robustness import _eval_mode
+from mixlab.evaluate.running import eval_mode
 from mixlab.methods import create_mixer
 from mixlab.models import create_model
 
@@ -312,7 +312,7 @@ def test_features_are_the_head_input_after_mixing_inside_the_model(fashion_like)
     mixer = create_mixer("manifold_mixup", lam=0.25, layers=["fc"])
     inputs, labels = to_unit(x[:12]), y[:12]
     generator = torch.Generator().manual_seed(0)
-    with _eval_mode(model):
+    with eval_mode(model):
         mixed = _mixed_features(model, mixer, x[:12], labels, to_unit, 12, torch.device("cpu"), generator)
         plain = model.features(inputs)
     perm = mixer(inputs, labels, torch.Generator().manual_seed(0), context={"model": model}).perm

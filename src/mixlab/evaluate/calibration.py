@@ -25,7 +25,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from mixlab.errors import check_int
-from mixlab.evaluate.metrics import _BELOW_ONE, check_logits_and_targets
+from mixlab.evaluate.metrics import BELOW_ONE, check_logits_and_targets
 
 # The dict order is the order of the store keys in the analysis contract.
 CALIBRATION_KEYS = ("aece", "cw_ece", "mce", "aurc", "eaurc")
@@ -211,7 +211,7 @@ def _classwise_ece(probs: Tensor, targets: Tensor, n_bins: int) -> float:
 
 def _max_calibration_error(probs: Tensor, targets: Tensor, n_bins: int) -> float:
     # as the ECE does: a confidence of exactly 1 would go to a hidden extra bin of torchmetrics, not the last bin
-    capped = probs.float().clamp(max=_BELOW_ONE)
+    capped = probs.float().clamp(max=BELOW_ONE)
     error = multiclass_calibration_error(capped, targets, num_classes=probs.shape[1], n_bins=n_bins, norm="max")
     return float(error)
 

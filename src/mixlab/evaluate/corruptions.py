@@ -91,15 +91,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_int
-from mixlab.evaluate.robustness import (
+from mixlab.evaluate.running import (
     DeviceLike,
     Preprocess,
-    _check_inputs,
-    _count_correct,
-    _eval_mode,
-    _in_model_layout,
-    _place,
-    _unit_scale,
+    check_model_inputs,
+    count_correct,
+    eval_mode,
+    in_model_layout,
+    place_model,
+    unit_scale,
 )
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -259,24 +259,24 @@ def corruption_accuracy(
         >>> sorted(out)
         ['corr_acc', 'corr_acc/contrast', 'corr_acc/contrast/1', 'corr_acc/contrast/5']
     """
-    batch_size = _check_inputs(model, x, y, preprocess, batch_size)
+    batch_size = check_model_inputs(model, x, y, preprocess, batch_size)
     names = _check_names(corruptions, tuple(x.shape))
     severities = _check_severities(severities)
     seed = check_int("seed", seed, minimum=0)
-    preprocess = _in_model_layout(model, preprocess)
-    device = _place(model, device)
+    preprocess = in_model_layout(model, preprocess)
+    device = place_model(model, device)
     correct = {(name, severity): 0 for name in names for severity in severities}
     group = max(1, batch_size // NOISE_BLOCK) * NOISE_BLOCK
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for start in range(0, x.shape[0], group):
             raw = x[start : start + group].to(device)
             labels = y[start : start + group].to(device=device, dtype=torch.long)
-            unit, unit_range = _unit_scale(raw), not raw.is_floating_point()
+            unit, unit_range = unit_scale(raw), not raw.is_floating_point()
             for name, severity in correct:
                 corrupted = _corrupt_blocks(unit, unit_range, name, severity, seed, start)
                 for first in range(0, unit.shape[0], batch_size):
                     inputs = preprocess(corrupted[first : first + batch_size])
-                    correct[name, severity] += _count_correct(model, inputs, labels[first : first + batch_size])
+                    correct[name, severity] += count_correct(model, inputs, labels[first : first + batch_size])
     return _accuracy_keys(correct, names, severities, x.shape[0])
 
 

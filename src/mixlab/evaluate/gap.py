@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_int, check_positive, check_probability
-from mixlab.evaluate.robustness import DeviceLike, Preprocess, _check_inputs, _eval_mode, _in_model_layout, _place
+from mixlab.evaluate.running import DeviceLike, Preprocess, check_model_inputs, eval_mode, in_model_layout, place_model
 from mixlab.methods.base import Mixer
 from mixlab.methods.context import MixContext, unwrap
 
@@ -270,7 +270,7 @@ def mixed_real_gap(
             f"mixed_real_gap needs class labels; y must be integer class indices (N,), got {y.dtype} "
             f"{tuple(y.shape)} (regression targets have no classes to intrude on)"
         )
-    batch_size = _check_inputs(model, x, y, preprocess, batch_size)
+    batch_size = check_model_inputs(model, x, y, preprocess, batch_size)
     if x.shape[0] < 4:
         raise MixlabValueError(f"x must hold at least 4 samples (two disjoint subsets of >= 2); got {x.shape[0]}")
     n_bins = check_int("n_bins", n_bins, minimum=1)
@@ -285,9 +285,9 @@ def mixed_real_gap(
     size = min(samples, x.shape[0] // 2)
     order = torch.randperm(x.shape[0], generator=generator)
     real_rows, mixed_rows = order[:size], order[size : 2 * size]
-    preprocess = _in_model_layout(model, preprocess)
-    device = _place(model, device)
-    with _eval_mode(model):
+    preprocess = in_model_layout(model, preprocess)
+    device = place_model(model, device)
+    with eval_mode(model):
         real = _real_features(model, x[real_rows], preprocess, batch_size, device)
         mixed = _mixed_features(model, mixer, x[mixed_rows], y[mixed_rows], preprocess, batch_size, device, generator)
     return _gap_metrics(real, mixed, n_bins, n_permutations, seed, min_per_bin)

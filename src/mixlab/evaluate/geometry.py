@@ -37,14 +37,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_int, check_positive
-from mixlab.evaluate.robustness import (
+from mixlab.evaluate.running import (
     DeviceLike,
     Preprocess,
-    _batches,
-    _check_inputs,
-    _eval_mode,
-    _in_model_layout,
-    _place,
+    batches,
+    check_model_inputs,
+    eval_mode,
+    in_model_layout,
+    place_model,
 )
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -92,19 +92,19 @@ def neural_collapse(
         ['nc1', 'nc2_angle', 'nc2_norm', 'nc3', 'nc4']
     """
     num_classes = _check_feature_model(model, num_classes)
-    batch_size = _check_inputs(model, x, y, preprocess, batch_size)
+    batch_size = check_model_inputs(model, x, y, preprocess, batch_size)
     _check_label_range(y, num_classes)
-    preprocess = _in_model_layout(model, preprocess)
-    device = _place(model, device)
+    preprocess = in_model_layout(model, preprocess)
+    device = place_model(model, device)
     stats = _ClassStatistics(num_classes, _accumulation_device(device))
-    with _eval_mode(model), torch.no_grad():
-        for raw, labels in _batches(x, y, batch_size, device):
+    with eval_mode(model), torch.no_grad():
+        for raw, labels in batches(x, y, batch_size, device):
             stats.add(model.features(preprocess(raw)), labels)
         means = stats.finish()
         metrics = _collapse_metrics(stats, model.head.weight)
         if metrics:
             disagreeing = 0
-            for raw, _labels in _batches(x, y, batch_size, device):
+            for raw, _labels in batches(x, y, batch_size, device):
                 features = model.features(preprocess(raw))
                 disagreeing += _count_nearest_mean_disagreements(features, model.head(features), means)
             metrics["nc4"] = disagreeing / x.shape[0]
@@ -299,7 +299,7 @@ def hessian_trace(
     )
     probe_seeds = torch.randint(0, 2**62, (n_probes,), generator=torch.Generator().manual_seed(seed)).tolist()
     totals = [0.0] * n_probes
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         for raw, targets in _target_batches(x, y, batch_size, device):
             with torch.no_grad():
                 inputs = preprocess(raw)
@@ -363,7 +363,7 @@ def sharpness_avg(
         model, loss_fn, x, y, preprocess, batch_size, device, seed
     )
     generator = torch.Generator().manual_seed(seed)
-    with _eval_mode(model), torch.no_grad(), _restored(params) as originals:
+    with eval_mode(model), torch.no_grad(), _restored(params) as originals:
         base = _mean_loss(model, loss_fn, x, y, preprocess, batch_size, device)
         increase = 0.0
         for _ in range(n_draws):
@@ -419,7 +419,7 @@ def geometry_metrics(
         ['hessian_trace', 'nc1', 'nc2_angle', 'nc2_norm', 'nc3', 'nc4', 'sharpness_avg']
     """
     num_classes = _check_feature_model(model, num_classes)
-    _check_inputs(model, train_x, train_y, preprocess, batch_size)
+    check_model_inputs(model, train_x, train_y, preprocess, batch_size)
     hessian_samples = check_int("hessian_samples", hessian_samples, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     if nc_samples is not None:
@@ -563,7 +563,7 @@ def _check_flatness_inputs(
     if not callable(loss_fn):
         raise MixlabTypeError(f"loss_fn must be callable (outputs, targets) -> scalar; got {type(loss_fn).__name__}")
     check_int("seed", seed, minimum=0)
-    batch_size = _check_inputs(model, x, None, preprocess, batch_size)
+    batch_size = check_model_inputs(model, x, None, preprocess, batch_size)
     if not isinstance(y, Tensor) or y.ndim == 0 or y.shape[0] != x.shape[0]:
         shown = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise MixlabValueError(f"y must be a tensor (N, ...) with N = {x.shape[0]} targets; got {shown}")
@@ -572,4 +572,4 @@ def _check_flatness_inputs(
         raise MixlabValueError(
             f"the model must have trainable parameters (requires_grad); {type(model).__name__} has none"
         )
-    return batch_size, params, _in_model_layout(model, preprocess), _place(model, device)
+    return batch_size, params, in_model_layout(model, preprocess), place_model(model, device)

@@ -27,7 +27,7 @@ TEMPERATURE_RANGE = (1e-3, 1e3)
 # The largest float32 below 1. torchmetrics (issue Lightning-AI/torchmetrics#3510) counts a confidence of
 # exactly 1.0 in a hidden extra bin; capping it here puts it in the last real bin, as Guo et al. define,
 # and changes the ECE by less than 1e-7.
-_BELOW_ONE = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
+BELOW_ONE = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
 
 
 def classification_metrics(logits: Tensor, targets: Tensor, *, n_bins: int = 15) -> dict[str, float]:
@@ -209,13 +209,13 @@ def _top_k_accuracy(logits: Tensor, targets: Tensor, k: int) -> float:
 
 def _top_label(probs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """float32 top-label confidences (capped below 1) and whether the top label is right."""
-    confidence, prediction = probs.float().clamp(max=_BELOW_ONE).max(dim=1)
+    confidence, prediction = probs.float().clamp(max=BELOW_ONE).max(dim=1)
     return confidence, prediction == targets
 
 
 def _expected_calibration_error(probs: Tensor, targets: Tensor, n_bins: int) -> float:
     # probabilities, not logits: torchmetrics would take logits that happen to lie in [0, 1] for probabilities
-    capped = probs.float().clamp(max=_BELOW_ONE)
+    capped = probs.float().clamp(max=BELOW_ONE)
     error = multiclass_calibration_error(capped, targets, num_classes=probs.shape[1], n_bins=n_bins, norm="l1")
     return float(error)
 

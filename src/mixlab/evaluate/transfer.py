@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_int, check_positive, check_probability
-from mixlab.evaluate.robustness import (
+from mixlab.evaluate.running import (
     DeviceLike,
     Preprocess,
-    _check_inputs,
-    _eval_mode,
-    _in_model_layout,
-    _place,
+    check_model_inputs,
+    eval_mode,
+    in_model_layout,
+    place_model,
 )
 
 # the fixed-point iteration of LogME stops for a class once alpha/beta moves by less than this fraction (the evidence
@@ -261,17 +261,17 @@ def extract_features(
         >>> feats.shape, probs.shape
         (torch.Size([5, 4]), torch.Size([5, 2]))
     """
-    batch_size = _check_inputs(model, x, None, preprocess, batch_size)
+    batch_size = check_model_inputs(model, x, None, preprocess, batch_size)
     for part in ("features", "head"):
         if not callable(getattr(model, part, None)):
             raise MixlabTypeError(
                 f"extract_features needs a model with a callable .{part} (a mixlab Backbone); "
                 f"{type(model).__name__} has none"
             )
-    preprocess = _in_model_layout(model, preprocess)
-    device = _place(model, device)
+    preprocess = in_model_layout(model, preprocess)
+    device = place_model(model, device)
     features, probs = [], []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
             batch_features = model.features(preprocess(x[start : start + batch_size].to(device)))
             if batch_features.ndim != 2:
