@@ -111,6 +111,7 @@ def test_mnist1d_is_the_other_dataset_of_signal_models():
         ({"name": "digits"}, {"analyses": ["corruptions"]}, (64,), "needs images (C, H, W) or signals"),
         ({"name": "fashion_mnist"}, {"analyses": ["corruptions"], "corruptions": ["no_such"]}, (1, 28, 28), "no_such"),
         ({"name": "digits", "classes": [0, 1]}, {"analyses": ["ood"], "ood": ["digits"]}, (64,), "run's own dataset"),
+        ({"name": "cifar10"}, {"analyses": ["ood"], "ood": ["fashion_mnist"]}, (3, 32, 32), "'fashion_mnist' was not found"),
     ],
 )
 def test_analyses_that_cannot_run_are_refused_naming_why(data, evaluate, shape, expected):
