@@ -112,6 +112,10 @@ def test_mnist1d_is_the_other_dataset_of_signal_models():
         ({"name": "fashion_mnist"}, {"analyses": ["corruptions"], "corruptions": ["no_such"]}, (1, 28, 28), "no_such"),
         ({"name": "digits", "classes": [0, 1]}, {"analyses": ["ood"], "ood": ["digits"]}, (64,), "run's own dataset"),
         ({"name": "cifar10"}, {"analyses": ["ood"], "ood": ["fashion_mnist"]}, (3, 32, 32), "'fashion_mnist' was not found"),
+        ({"name": "mnist1d", "classes": list(range(10))}, {"analyses": ["ood"], "ood": ["held_out_classes"]}, (1, 40),
+         "at least 1 class(es) left out of the 10 of 'mnist1d'"),
+        ({"name": "mnist1d", "classes": list(range(9))}, {"analyses": ["transfer"], "transfer": ["held_out_classes"]},
+         (1, 40), "at least 2 class(es) left out"),
     ],
 )
 def test_analyses_that_cannot_run_are_refused_naming_why(data, evaluate, shape, expected):
@@ -174,3 +178,61 @@ def test_mixlab_eval_runs_analyses_on_a_saved_run(trained_run):
     assert 0.0 <= metrics["ood_auroc_msp/digits"] <= 1.0 and "aece" in metrics and "top1" in metrics
     refused = CliRunner().invoke(app, ["eval", str(trained_run.output), "--analysis", "ood", "--ood", "held_out_classes"])
     assert refused.exit_code != 0 and "needs data.classes" in refused.output
+
+
+@pytest.mark.parametrize(
+    ("data", "evaluate", "expected"),
+    [
+        ({"name": "csv", "options": {"path": "t.csv", "target": "y"}}, {"analyses": ["calibration"]},
+         "Set data.options.task: classification"),
+        ({"name": "csv", "options": {"path": "t.csv", "target": "y", "task": "classification"}, "classes": [0, 1]},
+         {"analyses": ["ood"], "ood": ["digits"]}, "the run's inputs are tables"),
+        ({"name": "csv", "options": {"path": "t.csv", "target": "y", "task": "classification"}},
+         {"analyses": ["corruptions"]}, "have tables"),
+        ({"name": "imagefolder", "options": {"path": "imgs"}}, {"analyses": ["calibration"]}, "set it to true"),
+        ({"name": "imagefolder", "options": {"path": "imgs", "in_memory": True, "image_size": 16}},
+         {"analyses": ["transfer"], "transfer": ["mnist1d"]}, "have shape (3, 16, 16)"),
+    ],
+)  # fmt: skip
+def test_datasets_of_unknown_shape_are_checked_from_their_options(data, evaluate, expected):
+    config = RunConfig.model_validate({"data": data, "model": {"name": "mlp"}})
+    with pytest.raises(MixlabValueError, match=re.escape(expected)):
+        check_analyses(config, EvalSettings(**evaluate))
+
+
+def test_gap_bins_beyond_what_the_keys_can_name_are_refused_when_validated():
+    with pytest.raises(ValueError, match="less than or equal to 10"):
+        EvalSettings(gap_bins=15)
+
+
+def test_a_failing_analysis_is_recorded_and_the_others_still_run(six_class_run, monkeypatch):
+    import mixlab.evaluate.analysis as analysis
+
+    config, result, preprocess = six_class_run
+
+    def broken(run):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setitem(analysis._ANALYSES, "gap", broken)
+    settings = EvalSettings(analyses=["calibration", "gap"], **SMALL)
+    kept = analyse(result.model, result.splits, config, settings, preprocess=preprocess, strict=False)
+    assert kept.errors == {"gap": "RuntimeError: out of memory"} and "aece" in kept.metrics
+    assert kept.artifacts["analysis_errors"] == kept.errors and "mmd_mixed_real" not in kept.metrics
+    with pytest.raises(RuntimeError, match="out of memory"):
+        analyse(result.model, result.splits, config, settings, preprocess=preprocess)
+
+
+def test_analyses_leave_the_model_as_they_found_it(six_class_run):
+    config, result, preprocess = six_class_run
+    model = result.model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]  # the last step's
+    settings = EvalSettings(analyses=["gap", "geometry"], **SMALL)
+    analyse(model, result.splits, config, settings, preprocess=preprocess, mixer_state=result.mixer_state)
+    assert model.training and flags == [p.requires_grad for p in model.parameters()]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(
+        (g is None and p.grad is None) or torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True)
+    )
+

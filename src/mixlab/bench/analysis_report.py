@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mixlab.bench.aggregate import Leaderboard, Summary, row_key, runs_by_row
-from mixlab.bench.plots import BASELINE_COLOUR, _panels, _render_png, new_figure
+from mixlab.bench.plots import BASELINE_COLOUR, grid_panels, new_figure, render_png
 from mixlab.bench.records import RunRecord
 from mixlab.evaluate.catalog import metric_info
 
@@ -279,7 +279,7 @@ def _section_plots(
         "ood_roc": lambda: _roc_figure(runs, colours),
         "gain_vs_gap": lambda: _gain_figure(board, rows, colours),
     }
-    rendered = {kind: _render_png(draw) for kind, draw in drawers.items()}
+    rendered = {kind: render_png(draw) for kind, draw in drawers.items()}
     return {kind: png for kind, png in rendered.items() if png is not None}
 
 
@@ -428,7 +428,7 @@ def _roc_figure(runs: dict[str, list[RunRecord]], colours: dict[str, str]) -> Fi
         return None
     columns = min(len(sources), 3)
     figure = new_figure(3.8 * columns, 3.6 * math.ceil(len(sources) / columns))
-    for axes, source in zip(_panels(figure, len(sources), columns), sources, strict=True):
+    for axes, source in zip(grid_panels(figure, len(sources), columns), sources, strict=True):
         _roc_panel(axes, source, runs, colours)
     return figure
 

@@ -111,7 +111,7 @@ def render_plots(
     if gallery is not None:
         images = _gallery_images(records, gallery, method_order(boards))
         drawers["gallery"] = lambda: _gallery_figure(images, colours)
-    rendered = {name: _render_png(draw) for name, draw in drawers.items()}
+    rendered = {name: render_png(draw) for name, draw in drawers.items()}
     return {name: png for name, png in rendered.items() if png is not None}
 
 
@@ -150,7 +150,13 @@ def new_figure(width: float, height: float) -> Figure:
     return figure
 
 
-def _panels(figure: Figure, count: int, columns: int) -> list[Axes]:
+def grid_panels(figure: Figure, count: int, columns: int) -> list[Axes]:
+    """``count`` axes on a grid of ``columns`` columns (the unused cells hidden), in reading order.
+
+    Example:
+        >>> len(grid_panels(new_figure(4, 4), 3, 2))
+        3
+    """
     rows = math.ceil(count / columns)
     axes = list(figure.subplots(rows, columns, squeeze=False).ravel())
     for unused in axes[count:]:
@@ -158,8 +164,13 @@ def _panels(figure: Figure, count: int, columns: int) -> list[Axes]:
     return axes[:count]
 
 
-def _render_png(draw: Callable[[], Figure | None]) -> bytes | None:
-    """Run ``draw`` under the report's plot style and return the figure as PNG bytes (None: nothing to draw)."""
+def render_png(draw: Callable[[], Figure | None]) -> bytes | None:
+    """Run ``draw`` under the report's plot style and return the figure as PNG bytes (None: nothing to draw).
+
+    Example:
+        >>> render_png(lambda: new_figure(1, 1))[:4]
+        b'\\x89PNG'
+    """
     import matplotlib
 
     with matplotlib.rc_context(_PLOT_STYLE):
@@ -203,7 +214,7 @@ def _scatter_figure(
         return None
     columns = min(len(panels), 3)
     figure = new_figure(4.4 * columns, 3.5 * math.ceil(len(panels) / columns))
-    for axes, (board, key) in zip(_panels(figure, len(panels), columns), panels, strict=True):
+    for axes, (board, key) in zip(grid_panels(figure, len(panels), columns), panels, strict=True):
         _scatter_panel(axes, board, key, colours)
     return figure
 
@@ -248,7 +259,7 @@ def _reliability_figure(
     columns = min(len(panels), 5)
     figure = new_figure(2.5 * columns, 2.7 * math.ceil(len(panels) / columns))
     for index, (axes, (title, pooled, row)) in enumerate(
-        zip(_panels(figure, len(panels), columns), panels, strict=True)
+        zip(grid_panels(figure, len(panels), columns), panels, strict=True)
     ):
         _reliability_panel(axes, pooled, colours.get(row.method, BASELINE_COLOUR))
         ece = row.metrics.get("ece")

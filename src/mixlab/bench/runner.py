@@ -282,7 +282,7 @@ def _train_and_evaluate(spec: RunSpec, output: str, emit: Callable[[Event], None
         if spec.evaluate.analyses:
             analysis = analyse(
                 result.model, splits, config, spec.evaluate, mixer_state=result.mixer_state,
-                test_logits=evaluation.logits, **common,
+                test_logits=evaluation.logits, strict=False, **common,
             )  # fmt: skip
             evaluation.metrics.update(analysis.metrics)
             evaluation.artifacts.update(analysis.artifacts)

@@ -357,7 +357,7 @@ def _run_spec(
     except ValidationError as error:
         raise SuiteError(format_validation_error(error, "evaluate")) from None
     try:
-        check_analyses(config, settings, get_spec(dataset.name).input_shape)
+        check_analyses(config, settings)
     except MixlabValueError as error:
         raise SuiteError(str(error)) from None
     return RunSpec(key, dataset.name, model.name, method.name, seed, config, settings)

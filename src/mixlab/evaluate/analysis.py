@@ -23,7 +23,10 @@ The bare OOD and transfer keys are those of the first source listed. Each analys
 its cost, ``analysis_time_s/<analysis>``. Data: calibration, OOD and corruptions use the test
 split (corruptions a seeded subset of it); the gap and geometry use the training split (the data
 the method mixed), without augmentation; OOD and transfer use the sources of
-:mod:`mixlab.evaluate.sources`.
+:mod:`mixlab.evaluate.sources`. The gap's mixer is the run's own, built again from its config with
+the trained state loaded (a learned mixer's parameters), but without the training schedule (it mixes
+every batch) and, for mixers that read an EMA model, with an EMA copy of the final weights; ERM is
+measured with mixup pairs (λ ~ Beta(1, 1)).
 
 Example:
     >>> from mixlab.engine.config import RunConfig
@@ -46,10 +49,11 @@ import torch
 from torch import Tensor, nn
 
 from mixlab.data import ArrayData, DataSplits
+from mixlab.data.registry import get_spec
 from mixlab.engine.builders import build_mixer
 from mixlab.engine.config import MixConfig, RunConfig
 from mixlab.engine.run import build_augment
-from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice
+from mixlab.errors import MixlabError, MixlabTypeError, MixlabValueError, check_choice
 from mixlab.evaluate.calibration import calibration_metrics
 from mixlab.evaluate.corruptions import corruption_accuracy, corruption_names
 from mixlab.evaluate.gap import mixed_real_gap
@@ -57,7 +61,7 @@ from mixlab.evaluate.geometry import geometry_metrics
 from mixlab.evaluate.ood import ood_curves, ood_metrics
 from mixlab.evaluate.robustness import DeviceLike, Preprocess, predict_logits
 from mixlab.evaluate.settings import ANALYSES, EvalSettings
-from mixlab.evaluate.sources import check_source, default_sources, load_source
+from mixlab.evaluate.sources import check_source, default_sources, expected_input_shape, load_source
 from mixlab.evaluate.transfer import extract_features, transfer_metrics
 
 #: the mixer the gap is measured with for a run that does not mix (ERM): mixup pairs, λ ~ Beta(1, 1).
@@ -75,6 +79,8 @@ class AnalysisResult:
 
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
+    #: analyses that failed (only with ``strict=False``): name -> the error's type and message.
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,33 +121,25 @@ def sources_for(kind: str, config: RunConfig, settings: EvalSettings, input_shap
     return list(named) if named is not None else default_sources(config, input_shape)
 
 
-def check_analyses(config: RunConfig, settings: EvalSettings, input_shape: tuple[int, ...] | None) -> None:
+def check_analyses(config: RunConfig, settings: EvalSettings, input_shape: tuple[int, ...] | None = None) -> None:
     """Raise :class:`~mixlab.errors.MixlabValueError` before any training if the analyses ``settings`` selects
     cannot run on ``config``'s data and model, naming what is missing.
 
-    ``input_shape`` is one training sample's shape (``None`` when unknown before the data is read).
-    Refused: any analysis on a regression task; OOD or transfer without a usable source; corruptions on
-    tables or with unknown names; a model that is not a mixlab backbone (none of them lacks ``features``).
+    ``input_shape`` is one training sample's shape (default: what the dataset and its options give,
+    :func:`~mixlab.evaluate.sources.expected_input_shape`). Refused: any analysis on a regression task
+    (or a CSV whose task is left to ``auto``); images read lazily from a folder; OOD or transfer without
+    a usable source (held-out classes need one class left out for OOD, two for transfer); corruptions
+    on tables or with unknown names.
     """
     if not settings.analyses:
         return
-    from mixlab.data.registry import get_spec
-    from mixlab.models import is_known_model
-
-    spec = get_spec(config.data.name)
-    task = spec.task if spec.task != "auto" else spec.resolve_options(config.data.options).get("task", spec.task)
-    if task == "regression":
-        raise MixlabValueError(
-            f"analyses {settings.analyses} are for classifiers; {config.data.name!r} is a regression task. "
-            "Remove evaluate.analyses for this dataset"
-        )
-    if not is_known_model(config.model.name):
-        raise MixlabValueError(f"analyses need a mixlab model with features(); {config.model.name!r} is not one")
+    _check_task_and_data(config, settings)
+    shape = input_shape if input_shape is not None else expected_input_shape(config)
     for kind in ("ood", "transfer"):
         if kind in settings.analyses:
-            _check_sources(kind, config, settings, input_shape)
-    if "corruptions" in settings.analyses and input_shape is not None:
-        _check_corruptions(config, settings, input_shape)
+            _check_sources(kind, config, settings, shape)
+    if "corruptions" in settings.analyses:
+        _check_corruptions(config, settings, shape)
 
 
 def analyse(
@@ -154,6 +152,7 @@ def analyse(
     device: DeviceLike = None,
     mixer_state: dict[str, Any] | None = None,
     test_logits: Tensor | None = None,
+    strict: bool = True,
 ) -> AnalysisResult:
     """Run the analyses ``settings.analyses`` names on a trained run; see the module docstring for the keys.
 
@@ -164,6 +163,8 @@ def analyse(
         preprocess: raw batch → model input (the run's eval preprocessing).
         mixer_state: the trained mixer's state (learned mixers), loaded into the gap's mixer.
         test_logits: the model's logits on ``splits.test`` when already computed (``EvalResult.logits``).
+        strict: raise the first analysis error; with ``False`` a failed analysis is recorded in
+            ``errors`` and the others still run (the bench keeps a trained run whatever an analysis does).
 
     Example:
         >>> from mixlab.engine.config import RunConfig
@@ -191,10 +192,18 @@ def analyse(
     result = AnalysisResult()
     for name in (a for a in ANALYSES if a in settings.analyses):
         started = time.perf_counter()
-        metrics, artifacts = _ANALYSES[name](run)
+        try:
+            metrics, artifacts = _ANALYSES[name](run)
+        except Exception as error:
+            if strict:
+                raise
+            result.errors[name] = f"{type(error).__name__}: {error}"
+            continue
         result.metrics.update(metrics)
         result.artifacts.update(artifacts)
         result.metrics[f"analysis_time_s/{name}"] = time.perf_counter() - started
+    if result.errors:
+        result.artifacts["analysis_errors"] = dict(result.errors)
     return result
 
 
@@ -313,16 +322,37 @@ def _check_sources(kind: str, config: RunConfig, settings: EvalSettings, input_s
         )
     for name in names:
         try:
-            check_source(name, config, input_shape)
+            check_source(name, config, input_shape, min_classes=2 if kind == "transfer" else 1)
         except MixlabValueError as error:
             raise MixlabValueError(f"evaluate.{kind}: {error}") from None
 
 
-def _check_corruptions(config: RunConfig, settings: EvalSettings, input_shape: tuple[int, ...]) -> None:
-    if len(input_shape) not in (2, 3):
+def _check_task_and_data(config: RunConfig, settings: EvalSettings) -> None:
+    spec = get_spec(config.data.name)
+    try:
+        options = spec.resolve_options(config.data.options)
+    except MixlabError:  # reported by the data loader, with the dataset's own message
+        options = {}
+    task = spec.task if spec.task != "auto" else options.get("task", "auto")
+    if task != "classification":
+        why = "a regression task" if task == "regression" else "a table whose task is decided from the data"
+        raise MixlabValueError(
+            f"analyses {settings.analyses} are for classifiers; {config.data.name!r} is {why}. "
+            + ("Set data.options.task: classification" if task == "auto" else "Remove evaluate.analyses for it")
+        )
+    if config.data.name == "imagefolder" and options.get("in_memory") is not True:
+        raise MixlabValueError(
+            f"the analyses need the images in memory; data.options.in_memory is {options.get('in_memory')!r}: "
+            "set it to true"
+        )
+
+
+def _check_corruptions(config: RunConfig, settings: EvalSettings, input_shape: tuple[int, ...] | None) -> None:
+    if input_shape is None or len(input_shape) not in (2, 3):
+        shown = "tables" if input_shape is None else f"shape {tuple(input_shape)}"
         raise MixlabValueError(
             f"analysis 'corruptions' needs images (C, H, W) or signals (C, L); the inputs of {config.data.name!r} "
-            f"have shape {tuple(input_shape)}"
+            f"have {shown}"
         )
     known = corruption_names((1, *input_shape))
     unknown = [name for name in settings.corruptions or () if name not in known]

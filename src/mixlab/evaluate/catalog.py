@@ -140,7 +140,7 @@ _ALL = (
     MetricInfo("kid", "KID", None, decimals=4, description="kernel inception distance of mixed to real features"),
     MetricInfo("nc1", "NC1", None, description="within-class variability relative to between-class (Papyan 2020)"),
     MetricInfo("nc2_norm", "NC2 norm", None, description="coefficient of variation of the class-mean norms"),
-    MetricInfo("nc2_angle", "NC2 angle", None, description="spread of the class-mean cosines around -1/(K-1)"),
+    MetricInfo("nc2_angle", "NC2 angle", None, description="std over class pairs of the centred class-mean cosines"),
     MetricInfo("nc3", "NC3", None, description="distance between the normalised head weights and class means"),
     MetricInfo("nc4", "NC4", None, description="share of samples where the head and nearest class mean disagree"),
     MetricInfo(

@@ -38,7 +38,15 @@ import torch
 from torch import Tensor, nn
 
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_int, check_positive, check_probability
-from mixlab.evaluate.running import DeviceLike, Preprocess, check_model_inputs, eval_mode, in_model_layout, place_model
+from mixlab.evaluate.running import (
+    DeviceLike,
+    Preprocess,
+    check_model_inputs,
+    eval_mode,
+    float64_device,
+    in_model_layout,
+    place_model,
+)
 from mixlab.methods.base import Mixer
 from mixlab.methods.context import MixContext, unwrap
 
@@ -188,7 +196,7 @@ def intrusion_rate(probs: Tensor, target_a: Tensor, target_b: Tensor, *, thresho
     classes = [_as_class_indices(name, t, probs) for name, t in (("target_a", target_a), ("target_b", target_b))]
     confidence, predicted = probs.max(dim=1)
     intruded = (confidence > threshold) & (predicted != classes[0]) & (predicted != classes[1])
-    return float(intruded.double().mean())
+    return int(intruded.sum()) / intruded.numel()
 
 
 # ------------------------------------------------------------------ the mixed-vs-real gap of a model
@@ -308,11 +316,11 @@ def _gap_metrics(
     real: Tensor, mixed: _Mixed, n_bins: int, n_permutations: int, seed: int, min_per_bin: int
 ) -> GapResult:
     """The per-bin MMD tests, their mean, the intrusion rate and KID from collected features."""
-    pooled = torch.cat([real, mixed.features]).double()
+    pooled = torch.cat([real, mixed.features]).to(float64_device(real.device), torch.float64)
     squared = _squared_distances(pooled)
     kernel = _rbf_kernel(squared, _median_distance(squared))
     n_real = real.shape[0]
-    bins = torch.clamp((mixed.lam.double() * n_bins).floor().long(), 0, n_bins - 1)
+    bins = torch.clamp((mixed.lam.to(pooled.device, torch.float64) * n_bins).floor().long(), 0, n_bins - 1)
     metrics: dict[str, float] = {}
     curve: dict[str, list[float]] = {"lam_mid": [], "mmd": [], "p": [], "count": []}
     for index in range(n_bins):  # a few bins; each test is vectorised
@@ -421,11 +429,12 @@ def _check_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if not isinstance(sample, Tensor) or sample.ndim != 2 or sample.shape[0] < 2:
             shown = tuple(sample.shape) if isinstance(sample, Tensor) else type(sample).__name__
             raise MixlabValueError(f"{name} must be a tensor of shape (n, D) with n >= 2 samples; got {shown}")
-        if not bool(torch.isfinite(sample.double()).all()):
+        if not bool(torch.isfinite(sample).all()):
             raise MixlabValueError(f"{name} must be finite; got NaN or infinite values")
     if x.shape[1] != y.shape[1]:
         raise MixlabValueError(f"x and y must have the same feature width; got {x.shape[1]} and {y.shape[1]}")
-    return x.double(), y.to(x.device).double()
+    where = float64_device(x.device)
+    return x.to(where, torch.float64), y.to(where, torch.float64)
 
 
 def _squared_distances(points: Tensor) -> Tensor:

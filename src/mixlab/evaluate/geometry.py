@@ -43,6 +43,7 @@ from mixlab.evaluate.running import (
     batches,
     check_model_inputs,
     eval_mode,
+    float64_device,
     in_model_layout,
     place_model,
 )
@@ -96,7 +97,7 @@ def neural_collapse(
     _check_label_range(y, num_classes)
     preprocess = in_model_layout(model, preprocess)
     device = place_model(model, device)
-    stats = _ClassStatistics(num_classes, _accumulation_device(device))
+    stats = _ClassStatistics(num_classes, float64_device(device))
     with eval_mode(model), torch.no_grad():
         for raw, labels in batches(x, y, batch_size, device):
             stats.add(model.features(preprocess(raw)), labels)
@@ -149,7 +150,7 @@ def neural_collapse_from_features(
     ):
         shown = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise MixlabValueError(f"logits must have shape (N, K) = ({features.shape[0]}, {num_classes}); got {shown}")
-    stats = _ClassStatistics(num_classes, _accumulation_device(features.device))
+    stats = _ClassStatistics(num_classes, float64_device(features.device))
     stats.add(features.detach(), labels.to(features.device))
     means = stats.finish()
     metrics = _collapse_metrics(stats, head_weight.detach())
@@ -244,11 +245,6 @@ def _count_nearest_mean_disagreements(features: Tensor, logits: Tensor, means: T
         raise MixlabValueError(f"the logits must be (N, {means.shape[0]}) (num_classes); got {tuple(logits.shape)}")
     nearest = torch.cdist(features.to(means.device, torch.float64), means).argmin(dim=1)
     return int((nearest != logits.argmax(dim=1).to(means.device)).sum())
-
-
-def _accumulation_device(device: torch.device) -> torch.device:
-    # float64 statistics on the device where it has float64 (MPS has none)
-    return device if device.type in ("cpu", "cuda") else torch.device("cpu")
 
 
 # ------------------------------------------------------------------ flatness
@@ -482,7 +478,12 @@ def _probe_curvature(curved: list[tuple[int, Tensor]], params: list[Tensor], pro
     products = torch.autograd.grad(
         [g for _, g in curved], params, grad_outputs=[probe[i] for i, _ in curved], retain_graph=True, allow_unused=True
     )
-    return sum(float((v.double() * hv.double()).sum()) for v, hv in zip(probe, products, strict=True) if hv is not None)
+    where = float64_device(params[0].device)
+    return sum(
+        float((v.to(where, torch.float64) * hv.to(where, torch.float64)).sum())
+        for v, hv in zip(probe, products, strict=True)
+        if hv is not None
+    )
 
 
 def _rademacher(params: list[Tensor], seed: int) -> list[Tensor]:

@@ -174,3 +174,13 @@ def check_labels_fit(logits: Tensor, labels: Tensor) -> None:
             f"labels must be class indices in [0, {logits.shape[1]}) for a model with {logits.shape[1]} outputs; "
             f"got {int(labels.max())}"
         )
+
+
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 statistics of tensors on ``device`` are computed: there, except on MPS (no float64): the CPU.
+
+    Example:
+        >>> float64_device(torch.device("mps"))
+        device(type='cpu')
+    """
+    return device if device.type in ("cpu", "cuda") else torch.device("cpu")

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mixlab.evaluate.gap import MAX_BINS
 from mixlab.evaluate.sources import SOURCES
 
 #: the analyses a suite can turn on under ``evaluate: {analyses: [...]}``, in the order they run.
@@ -63,7 +64,7 @@ class EvalSettings(BaseModel):
     corruption_samples: int | None = Field(1000, gt=0)
     transfer_samples: int | None = Field(2000, gt=0)
     gap_samples: int = Field(1000, ge=40)
-    gap_bins: int = Field(5, ge=1, le=20)
+    gap_bins: int = Field(5, ge=1, le=MAX_BINS)
     gap_permutations: int = Field(200, ge=19)
     gap_batch_size: int = Field(25, ge=2)
     nc_samples: int | None = Field(5000, gt=0)

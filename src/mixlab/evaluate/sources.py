@@ -38,6 +38,7 @@ from torch import Tensor
 from mixlab.data import load_dataset
 from mixlab.data.api import find_data
 from mixlab.data.locate import DataNotFoundError
+from mixlab.data.registry import get_spec
 from mixlab.engine.config import RunConfig
 from mixlab.errors import MixlabValueError, check_choice
 
@@ -84,11 +85,13 @@ def default_sources(config: RunConfig, input_shape: tuple[int, ...] | None) -> l
     return names
 
 
-def check_source(name: str, config: RunConfig, input_shape: tuple[int, ...] | None) -> None:
+def check_source(name: str, config: RunConfig, input_shape: tuple[int, ...] | None, *, min_classes: int = 1) -> None:
     """Raise :class:`~mixlab.errors.MixlabValueError` if source ``name`` cannot serve this run, naming why.
 
     Reads no data (only looks for Fashion-MNIST's files). ``input_shape`` is the shape of one
-    training sample, ``None`` when unknown before loading (then only the name is checked).
+    training sample, ``None`` when unknown before loading (a CSV table). ``min_classes``: the classes the
+    source must hold (a transfer target needs 2), checked for the held-out classes when the dataset's
+    class count is known.
 
     Example:
         >>> config = RunConfig.model_validate({"data": {"name": "digits"}, "model": {"name": "mlp"}})
@@ -101,17 +104,14 @@ def check_source(name: str, config: RunConfig, input_shape: tuple[int, ...] | No
     if name == config.data.name:
         raise MixlabValueError(f"source {name!r} is the run's own dataset; name another one")
     if name == "held_out_classes":
-        if config.data.classes is None:
-            raise MixlabValueError(
-                f"source 'held_out_classes' needs data.classes (the classes to train on); the run trains on every "
-                f"class of {config.data.name!r}"
-            )
+        _check_held_out(config, min_classes)
         return
-    kind = _input_kind(input_shape)
+    kind = "table" if input_shape is None and config.data.name == "csv" else _input_kind(input_shape)
     needed = "image" if name in _IMAGE_SOURCES else "signal"
-    if input_shape is not None and kind != needed:
+    if kind is not None and kind != needed:
+        shown = "are tables" if input_shape is None else f"have shape {tuple(input_shape)} ({kind}s)"
         raise MixlabValueError(
-            f"source {name!r} holds {needed}s; the run's inputs have shape {tuple(input_shape)} ({kind}s). "
+            f"source {name!r} holds {needed}s; the run's inputs {shown}. "
             f"Sources for {kind} models: {', '.join(_sources_for(kind)) or 'held_out_classes only'}"
         )
     if name == "fashion_mnist":
@@ -145,7 +145,43 @@ def load_source(
     return SourceData(name, x, y, num_classes)
 
 
+def expected_input_shape(config: RunConfig) -> tuple[int, ...] | None:
+    """One sample's shape for ``config``'s data, from the dataset and its options, without reading it
+    (``None`` for a CSV table, whose width is known only from the file).
+
+    Example:
+        >>> config = RunConfig.model_validate({"data": {"name": "imagefolder", "options": {"path": "x", "image_size": 64}}})
+        >>> expected_input_shape(config)
+        (3, 64, 64)
+    """
+    spec = get_spec(config.data.name)
+    if spec.input_shape is not None:
+        return tuple(spec.input_shape)
+    options = {**{o.name: o.default for o in spec.options}, **config.data.options}
+    if config.data.name == "imagefolder":
+        size = options["image_size"]
+        return (1 if options["grayscale"] else 3, size, size)
+    if "num_patches" in options and "dim" in options:  # the synthetic patch datasets: (P, d)
+        return (options["num_patches"], options["dim"])
+    return None
+
+
 # ------------------------------------------------------------------ helpers
+
+
+def _check_held_out(config: RunConfig, min_classes: int) -> None:
+    data = config.data
+    if data.classes is None:
+        raise MixlabValueError(
+            f"source 'held_out_classes' needs data.classes (the classes to train on); the run trains on every "
+            f"class of {data.name!r}"
+        )
+    total = get_spec(data.name).num_classes
+    if total is not None and total - len(data.classes) < min_classes:
+        raise MixlabValueError(
+            f"source 'held_out_classes' needs at least {min_classes} class(es) left out of the {total} of {data.name!r}; "
+            f"data.classes keeps {len(data.classes)}"
+        )
 
 
 def _input_kind(input_shape: tuple[int, ...] | None) -> str | None:

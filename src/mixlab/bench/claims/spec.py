@@ -531,4 +531,11 @@ def _epoch_problem(check: ClaimCheck, spec: RunSpec) -> str | None:
 def _is_part_key(statistic: str) -> bool:
     """A per-source, per-corruption or per-bin analysis key (``ood_auroc_msp/digits``, ``mmd/lam_0.0_0.2``)."""
     base, _, part = statistic.partition("/")
-    return bool(part) and (base in FINAL_METRICS or base in ("mmd", "mmd_p"))
+    return bool(part) and base in _PART_KEYED
+
+
+#: the analysis metrics stored per source, target, corruption or λ bin as ``<base>/<part>``.
+_PART_KEYED = (
+    "ood_auroc_msp", "ood_auroc_energy", "ood_fpr95_msp", "corr_acc", "logme", "hscore", "leep", "probe_acc",
+    "mmd", "mmd_p", "analysis_time_s",
+)  # fmt: skip
