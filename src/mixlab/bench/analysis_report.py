@@ -43,6 +43,7 @@ from mixlab.bench.aggregate import Leaderboard, Summary, row_key, runs_by_row
 from mixlab.bench.plots import BASELINE_COLOUR, grid_panels, new_figure, render_png
 from mixlab.bench.records import RunRecord
 from mixlab.evaluate.catalog import metric_info
+from mixlab.evaluate.corruptions import mean_corruption_error, per_corruption_accuracy
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -149,12 +150,7 @@ def corruption_accuracies(run: RunRecord) -> dict[str, float]:
         >>> corruption_accuracies(RunRecord("s", 1, "k", "d", "m", "erm", 0, "finished", final=final))
         {'fog': 0.6}
     """
-    accuracies = {}
-    for key, value in analysis_values(run).items():
-        parts = key.split("/")
-        if len(parts) == 2 and parts[0] == "corr_acc":
-            accuracies[parts[1]] = value
-    return accuracies
+    return per_corruption_accuracy(analysis_values(run))
 
 
 def mean_corruption_errors(runs: Sequence[RunRecord], baseline: Sequence[RunRecord]) -> list[float]:
@@ -176,17 +172,13 @@ def mean_corruption_errors(runs: Sequence[RunRecord], baseline: Sequence[RunReco
     reference: dict[str, list[float]] = {}
     for run in baseline:
         for name, accuracy in corruption_accuracies(run).items():
-            reference.setdefault(name, []).append(1.0 - accuracy)
-    base_error = {name: statistics.fmean(errors) for name, errors in reference.items()}
+            reference.setdefault(name, []).append(accuracy)
+    base_acc = {name: statistics.fmean(values) for name, values in reference.items()}
     values = []
     for run in runs:
-        ratios = [
-            (1.0 - accuracy) / base_error[name]
-            for name, accuracy in corruption_accuracies(run).items()
-            if base_error.get(name, 0.0) > 0.0
-        ]
-        if ratios:
-            values.append(statistics.fmean(ratios))
+        shared = {name: acc for name, acc in corruption_accuracies(run).items() if base_acc.get(name, 1.0) < 1.0}
+        if shared:
+            values.append(mean_corruption_error(shared, {name: base_acc[name] for name in shared}))
     return values
 
 
