@@ -200,3 +200,25 @@ def test_the_ood_legend_quotes_the_per_source_auroc() -> None:
         run.final["ood_auroc_msp/noise"] = 0.876
     assert _roc_label("erm", runs[:1], "noise") == "erm (87.6)"
     assert _roc_label("erm", runs[:1], "digits") == "erm"  # no AUROC stored for that source
+
+
+def test_differences_from_the_baseline_are_paired_by_seed_with_a_t_interval(report) -> None:
+    _, markdown, page = report
+    header, rows = table(markdown, "Differences from erm")
+    assert header[0] == "method" and "Δ adaptive ECE (%) ↓" in header and "Δ corruption acc. (%) ↑" not in header
+    # aece: mixup 0.02 both seeds, erm 0.05 and 0.06 -> differences -0.03, -0.04: mean -3.50 points,
+    # t-interval -3.5 ± t(0.975, 1) * 0.707 / sqrt(2) = -3.5 ± 12.706 * 0.5 = [-9.85, +2.85]
+    assert rows["mixup"][header.index("Δ adaptive ECE (%) ↓")] == "-3.50 [-9.85, +2.85]"
+    assert rows["mixup"][header.index("Δ mixed-real MMD²")] == "-0.1000 [-0.1000, -0.1000] *"  # no spread
+    assert "cutmix" not in rows  # none of the compared keys (its corr_acc/<name> only): no row
+    assert "erm" not in rows and "Differences from erm" in page
+
+
+def test_a_difference_needs_two_seeds_the_baseline_also_ran() -> None:
+    from mixlab.bench.analysis_report import seed_paired_differences
+
+    method = [analysed_run("mixup", s, 0.8, corr_acc=0.8 + 0.01 * s) for s in (0, 1, 2)]
+    baseline = [analysed_run("erm", s, 0.8, corr_acc=0.7) for s in (0, 1)]
+    differences = seed_paired_differences(method, baseline)
+    assert differences["corr_acc"].estimate == pytest.approx(0.105)  # seeds 0 and 1 only: 0.10 and 0.11
+    assert seed_paired_differences(method, baseline[:1]) == {}

@@ -40,10 +40,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mixlab.bench.aggregate import Leaderboard, Summary, row_key, runs_by_row
+from mixlab.bench.comparisons import format_difference
 from mixlab.bench.plots import BASELINE_COLOUR, grid_panels, new_figure, render_png
 from mixlab.bench.records import RunRecord
 from mixlab.evaluate.catalog import metric_info
 from mixlab.evaluate.corruptions import mean_corruption_error, per_corruption_accuracy
+from mixlab.evaluate.paired import Interval, t_interval
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -99,11 +101,20 @@ class AnalysisTable:
 
 @dataclass
 class AnalysisSection:
-    """A board's analysis: its tables and plots (kind -> (file name, caption, PNG bytes))."""
+    """A board's analysis: its tables, plots (kind -> (file name, caption, PNG bytes)) and each method's
+    differences from the baseline (method -> key -> interval; see :func:`seed_paired_differences`)."""
 
     board: Leaderboard
     tables: list[AnalysisTable]
     plots: dict[str, tuple[str, str, bytes]]
+    differences: dict[str, dict[str, Interval]] = dataclasses.field(default_factory=dict)
+
+
+#: the analysis numbers each method is compared with the baseline on, paired by seed.
+DIFFERENCE_KEYS = (
+    "corr_acc", "ood_auroc_msp", "ood_auroc_energy", "probe_acc", "logme", "aece", "eaurc", "mmd_mixed_real",
+    "intrusion_rate", "hessian_trace",
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------ numbers
@@ -241,8 +252,41 @@ def analysis_sections(
             kind: (f"analysis_{slug}_{ANALYSIS_PLOTS[kind][0]}", ANALYSIS_PLOTS[kind][1], png)
             for kind, png in plots.items()
         }
-        sections.append(AnalysisSection(board, analysis_tables(rows), files))
+        differences = {
+            method: seed_paired_differences(group, baseline)
+            for method, group in board_runs.items()
+            if method != board.baseline
+        }
+        sections.append(AnalysisSection(board, analysis_tables(rows), files, {m: d for m, d in differences.items() if d}))
     return sections
+
+
+def seed_paired_differences(
+    runs: Sequence[RunRecord], baseline: Sequence[RunRecord], keys: Sequence[str] = DIFFERENCE_KEYS
+) -> dict[str, Interval]:
+    """Each key's mean difference from the baseline over the seeds both ran, with its 95 % t-interval over
+    those seeds (the training's randomness; the analyses have no per-sample resampling). Keys need two
+    paired seeds; with fewer they are left out.
+
+    Example:
+        >>> def run(method, seed, value):
+        ...     return RunRecord("s", 1, "k", "d", "m", method, seed, "finished", final={"corr_acc": value})
+        >>> d = seed_paired_differences([run("a", 0, 0.80), run("a", 1, 0.82)], [run("erm", 0, 0.78), run("erm", 1, 0.79)])
+        >>> round(d["corr_acc"].estimate, 3)
+        0.025
+    """
+    base = {run.seed: analysis_values(run) for run in baseline}
+    out = {}
+    for key in keys:
+        pairs = [
+            values[key] - base[run.seed][key]
+            for run in runs
+            if run.seed in base and key in (values := analysis_values(run)) and key in base[run.seed]
+        ]
+        interval = t_interval(pairs)
+        if interval is not None:
+            out[key] = interval
+    return out
 
 
 def _unique_slug(board: Leaderboard, taken: set[str]) -> str:
@@ -511,6 +555,12 @@ def cell_text(key: str, summary: Summary | None) -> str:
 def section_note(section: AnalysisSection) -> str:
     """The text under a board's analysis tables: what the cells are (and mCE, when shown)."""
     note = "Mean ± sample standard deviation over seeds; an empty cell: not measured."
+    if section.differences:
+        note += (
+            f" Differences: method − {section.board.baseline} on the same seed, mean over seeds with its 95 % "
+            "t-interval over seeds (* where it excludes 0); the analyses have no per-sample resampling, so the "
+            "intervals carry the training's randomness only, and need two seeds or more."
+        )
     if any("corr_mce" in table.columns for table in section.tables):
         note += (
             " mCE: mean over corruptions of the error relative to the baseline's "
@@ -526,6 +576,8 @@ def analysis_markdown(sections: Sequence[AnalysisSection]) -> str:
     parts = ["## Analysis"]
     for section in sections:
         parts += [f"### {section.board.title}", *(_table_markdown(table) for table in section.tables)]
+        if section.differences:
+            parts.append(_differences_markdown(section))
         parts.append(section_note(section))
         parts += [f"![{caption}]({file})" for file, caption, _ in section.plots.values()]
     return "\n\n".join(parts)
@@ -552,11 +604,50 @@ def analysis_html(sections: Sequence[AnalysisSection], colours: dict[str, str] |
     for section in sections:
         body += [f"<h3>{html.escape(section.board.title)}</h3>"]
         body += [_table_html(table, colours or {}) for table in section.tables]
+        if section.differences:
+            body.append(_differences_html(section, colours or {}))
         body.append(f'<p class="note">{html.escape(section_note(section))}</p>')
         body += [
             embedded_figure(file.removesuffix(".png"), caption, png) for file, caption, png in section.plots.values()
         ]
     return "\n".join(body)
+
+
+def _difference_columns(section: AnalysisSection) -> list[str]:
+    present = {key for differences in section.differences.values() for key in differences}
+    return [key for key in DIFFERENCE_KEYS if key in present]
+
+
+def _differences_markdown(section: AnalysisSection) -> str:
+    columns = _difference_columns(section)
+    lines = [
+        f"#### Differences from {section.board.baseline}",
+        "",
+        "| method | " + " | ".join(f"Δ {column_header(key)}" for key in columns) + " |",
+        "|:---|" + "---:|" * len(columns),
+    ]
+    for method, differences in section.differences.items():
+        cells = [format_difference(key, differences[key]) if key in differences else "" for key in columns]
+        lines.append("| " + " | ".join([method.replace("|", "\\|"), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _differences_html(section: AnalysisSection, colours: dict[str, str]) -> str:
+    columns = _difference_columns(section)
+    head = "".join(f"<th>Δ {html.escape(column_header(key))}</th>" for key in columns)
+    body = []
+    for method, differences in section.differences.items():
+        cells = "".join(
+            f"<td>{html.escape(format_difference(key, differences[key]) if key in differences else '')}</td>"
+            for key in columns
+        )
+        body.append(f'<tr><td class="method">{method_swatch(method, colours.get(method))}</td>{cells}</tr>')
+    return (
+        f"<h4>Differences from {html.escape(section.board.baseline)}</h4>\n"
+        f'<div class="scroll"><table class="analysis">\n<thead><tr><th>method</th>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody>\n</table></div>"
+    )
 
 
 def _table_html(table: AnalysisTable, colours: dict[str, str]) -> str:
