@@ -41,6 +41,7 @@ from mixlab.evaluate.running import (
     DeviceLike,
     Preprocess,
     batches,
+    check_class_labels,
     check_model_inputs,
     eval_mode,
     float64_device,
@@ -138,7 +139,7 @@ def neural_collapse_from_features(
     if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[0] == 0:
         shown = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
         raise MixlabValueError(f"features must be a tensor (N, D) with N >= 1; got {shown}")
-    _check_labels_for(labels, features.shape[0], "features")
+    check_class_labels(labels, features.shape[0], "features")
     _check_label_range(labels, num_classes)
     if not isinstance(head_weight, Tensor) or tuple(head_weight.shape) != (num_classes, features.shape[1]):
         shown = tuple(head_weight.shape) if isinstance(head_weight, Tensor) else type(head_weight).__name__
@@ -528,18 +529,6 @@ def _check_feature_model(model: nn.Module, num_classes: int) -> int:
     if head.out_features != num_classes:
         raise MixlabValueError(f"num_classes must match the head's {head.out_features} outputs; got {num_classes}")
     return num_classes
-
-
-def _check_labels_for(labels: Tensor, n: int, what: str) -> None:
-    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
-        shown = (
-            f"dtype {labels.dtype}, shape {tuple(labels.shape)}"
-            if isinstance(labels, Tensor)
-            else type(labels).__name__
-        )
-        raise MixlabValueError(f"labels must be integer class indices of shape (N,); got {shown}")
-    if labels.shape[0] != n:
-        raise MixlabValueError(f"{what} and labels must hold as many samples; got {n} and {labels.shape[0]}")
 
 
 def _check_label_range(labels: Tensor, num_classes: int) -> None:

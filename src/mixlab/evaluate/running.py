@@ -184,3 +184,22 @@ def float64_device(device: torch.device) -> torch.device:
         device(type='cpu')
     """
     return device if device.type in ("cpu", "cuda") else torch.device("cpu")
+
+
+def check_class_labels(labels: Tensor, n_samples: int, against: str) -> None:
+    """Raise unless ``labels`` are integer class indices ``(N,)`` with one per row of ``against`` (``n_samples``).
+
+    Example:
+        >>> check_class_labels(torch.zeros(3), 3, "features")
+        Traceback (most recent call last):
+        ...
+        mixlab.errors.MixlabValueError: labels must be integer class indices of shape (N,); got dtype torch.float32, \
+shape (3,)
+    """
+    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        shown = f"dtype {labels.dtype}, shape {tuple(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise MixlabValueError(f"labels must be integer class indices of shape (N,); got {shown}")
+    if labels.shape[0] != n_samples:
+        raise MixlabValueError(
+            f"{against} and labels must hold as many samples; got {n_samples} rows and {labels.shape[0]} labels"
+        )

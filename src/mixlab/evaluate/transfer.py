@@ -33,6 +33,7 @@ from mixlab.errors import MixlabTypeError, MixlabValueError, check_int, check_po
 from mixlab.evaluate.running import (
     DeviceLike,
     Preprocess,
+    check_class_labels,
     check_model_inputs,
     eval_mode,
     in_model_layout,
@@ -450,17 +451,7 @@ def _check_probs_and_labels(source_probs: Tensor, labels: Tensor) -> tuple[Tenso
 
 
 def _check_labels(labels: Tensor, n_samples: int, against: str) -> Tensor:
-    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
-        shown = (
-            f"dtype {labels.dtype}, shape {tuple(labels.shape)}"
-            if isinstance(labels, Tensor)
-            else type(labels).__name__
-        )
-        raise MixlabValueError(f"labels must be integer class indices of shape (N,); got {shown}")
-    if labels.shape[0] != n_samples:
-        raise MixlabValueError(
-            f"{against} and labels must hold as many samples; got {n_samples} rows and {labels.shape[0]} labels"
-        )
+    check_class_labels(labels, n_samples, against)
     labels = labels.detach().to(device="cpu", dtype=torch.long)
     if int(labels.min()) < 0:
         raise MixlabValueError(f"labels must be class indices >= 0; got a minimum of {int(labels.min())}")
