@@ -60,6 +60,7 @@ from mixlab.evaluate.gap import mixed_real_gap
 from mixlab.evaluate.geometry import geometry_metrics
 from mixlab.evaluate.ood import ood_curves, ood_metrics
 from mixlab.evaluate.robustness import DeviceLike, Preprocess, predict_logits
+from mixlab.evaluate.running import seeded_indices
 from mixlab.evaluate.settings import ANALYSES, EvalSettings
 from mixlab.evaluate.sources import check_source, default_sources, expected_input_shape, load_source
 from mixlab.evaluate.transfer import extract_features, transfer_metrics
@@ -299,10 +300,8 @@ def _load(run: _Run, name: str, max_samples: int | None) -> Any:
 
 def _subset(part: ArrayData, size: int | None, seed: int) -> ArrayData:
     """A seeded random subset of ``size`` samples (all when ``size`` is ``None`` or not smaller)."""
-    if size is None or len(part) <= size:
-        return part
-    keep = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed))[:size]
-    return part.subset(keep.sort().values.tolist())
+    keep = seeded_indices(len(part), size, seed)
+    return part if keep is None else part.subset(keep.tolist())
 
 
 def _keyed(values: dict[str, float], source: str, *, first: bool) -> dict[str, float]:

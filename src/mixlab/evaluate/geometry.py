@@ -47,6 +47,7 @@ from mixlab.evaluate.running import (
     float64_device,
     in_model_layout,
     place_model,
+    seeded_indices,
 )
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -507,11 +508,8 @@ def _restored(params: list[Tensor]) -> Iterator[list[Tensor]]:
 
 
 def _seeded_subset(x: Tensor, y: Tensor, size: int | None, seed: int) -> tuple[Tensor, Tensor]:
-    """A seeded random subset of ``size`` samples in their original order (all when ``size`` is None or not smaller)."""
-    if size is None or x.shape[0] <= size:
-        return x, y
-    keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:size].sort().values
-    return x[keep.to(x.device)], y[keep.to(y.device)]
+    keep = seeded_indices(x.shape[0], size, seed)
+    return (x, y) if keep is None else (x[keep.to(x.device)], y[keep.to(y.device)])
 
 
 def _check_feature_model(model: nn.Module, num_classes: int) -> int:

@@ -203,3 +203,16 @@ shape (3,)
         raise MixlabValueError(
             f"{against} and labels must hold as many samples; got {n_samples} rows and {labels.shape[0]} labels"
         )
+
+
+def seeded_indices(n: int, size: int | None, seed: int) -> Tensor | None:
+    """``size`` of ``range(n)`` drawn at random with ``seed``, in increasing order; ``None`` (keep all) when
+    ``size`` is ``None`` or not below ``n``. Every analysis draws its subsets this way.
+
+    Example:
+        >>> seeded_indices(10, 3, seed=0).tolist() == seeded_indices(10, 3, seed=0).tolist(), seeded_indices(10, 10, 0)
+        (True, None)
+    """
+    if size is None or n <= size:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values

@@ -41,6 +41,7 @@ from mixlab.data.locate import DataNotFoundError
 from mixlab.data.registry import get_spec
 from mixlab.engine.config import RunConfig
 from mixlab.errors import MixlabValueError, check_choice
+from mixlab.evaluate.running import seeded_indices
 
 SOURCES = ("held_out_classes", "digits", "fashion_mnist", "mnist1d")
 _IMAGE_SOURCES = ("digits", "fashion_mnist")
@@ -139,8 +140,8 @@ def load_source(
     else:
         x, y = _other_dataset(name, config, tuple(input_shape))
     num_classes = int(y.max()) + 1 if y.numel() else 0
-    if max_samples is not None and x.shape[0] > max_samples:
-        keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_samples]
+    keep = seeded_indices(x.shape[0], max_samples, seed)
+    if keep is not None:
         x, y = x[keep], y[keep]
     return SourceData(name, x, y, num_classes)
 
