@@ -222,3 +222,10 @@ def test_a_difference_needs_two_seeds_the_baseline_also_ran() -> None:
     differences = seed_paired_differences(method, baseline)
     assert differences["corr_acc"].estimate == pytest.approx(0.105)  # seeds 0 and 1 only: 0.10 and 0.11
     assert seed_paired_differences(method, baseline[:1]) == {}
+
+
+def test_an_analysis_that_failed_after_training_is_named_in_the_report(tmp_path) -> None:
+    runs = three_methods()
+    runs[1].artifacts["analysis_errors"] = {"gap": "RuntimeError: out of memory"}
+    markdown = write_report(runs, tmp_path, suite="a")["leaderboard"].read_text()
+    assert "digits/mlp/mixup/seed0: gap: RuntimeError: out of memory" in markdown

@@ -65,7 +65,7 @@ ANALYSIS_GROUPS: dict[str, tuple[str, ...]] = {
 _PER_PART = {"logme", "hscore", "leep", "probe_acc", "analysis_time_s"}
 #: every base key that marks a run as analysed (the per-λ ``mmd``/``mmd_p`` and per-cell ``corr_acc`` included).
 ANALYSIS_KEYS = frozenset({key for keys in ANALYSIS_GROUPS.values() for key in keys} | {"mmd", "mmd_p"})
-ANALYSIS_ARTIFACTS = ("ood_roc", "gap_curve")
+ANALYSIS_ARTIFACTS = ("ood_roc", "gap_curve", "analysis_errors")
 
 #: the analysis plots, in page order: kind -> (file suffix, caption).
 ANALYSIS_PLOTS: dict[str, tuple[str, str]] = {
@@ -108,6 +108,8 @@ class AnalysisSection:
     tables: list[AnalysisTable]
     plots: dict[str, tuple[str, str, bytes]]
     differences: dict[str, dict[str, Interval]] = dataclasses.field(default_factory=dict)
+    #: analyses that failed after training: "run key: analysis: error", so that none is lost silently.
+    errors: list[str] = dataclasses.field(default_factory=list)
 
 
 #: the analysis numbers each method is compared with the baseline on, paired by seed.
@@ -257,7 +259,15 @@ def analysis_sections(
             for method, group in board_runs.items()
             if method != board.baseline
         }
-        sections.append(AnalysisSection(board, analysis_tables(rows), files, {m: d for m, d in differences.items() if d}))
+        errors = [
+            f"{run.key}: {name}: {message}"
+            for group in board_runs.values()
+            for run in group
+            for name, message in sorted((run.artifacts.get("analysis_errors") or {}).items())
+        ]
+        sections.append(
+            AnalysisSection(board, analysis_tables(rows), files, {m: d for m, d in differences.items() if d}, errors)
+        )
     return sections
 
 
@@ -561,6 +571,8 @@ def section_note(section: AnalysisSection) -> str:
             "t-interval over seeds (* where it excludes 0); the analyses have no per-sample resampling, so the "
             "intervals carry the training's randomness only, and need two seeds or more."
         )
+    if section.errors:
+        note += " Analyses that failed after training (their cells are empty): " + "; ".join(section.errors) + "."
     if any("corr_mce" in table.columns for table in section.tables):
         note += (
             " mCE: mean over corruptions of the error relative to the baseline's "
