@@ -290,14 +290,17 @@ def evaluate(
     from mixlab.evaluate import ANALYSES, EvalSettings, evaluate_checkpoint
 
     with _reported():
-        if analyses and "all" in analyses:
+        every = bool(analyses) and "all" in analyses
+        if every:
             analyses = list(ANALYSES)
         chosen = {"fgsm_eps": fgsm_eps, "noise_std": noise_std, "analyses": analyses, "ood": ood, "transfer": transfer}
         try:
             settings = EvalSettings(**{k: v for k, v in chosen.items() if v is not None})
         except ValidationError as error:
             raise ConfigError(format_validation_error(error, "eval options")) from None
-        result = evaluate_checkpoint(checkpoint, data_root=data_root, settings=settings)
+        result = evaluate_checkpoint(checkpoint, data_root=data_root, settings=settings, skip_refused=every)
+    for name, reason in result.artifacts.get("analysis_skipped", {}).items():
+        err.print(f"note: analysis {name!r} skipped: {reason}", highlight=False, soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(result.metrics))
         return

@@ -121,7 +121,10 @@ def test_mnist1d_is_the_other_dataset_of_signal_models():
 def test_analyses_that_cannot_run_are_refused_naming_why(data, evaluate, shape, expected):
     config = RunConfig.model_validate({"data": data, "model": {"name": "mlp" if len(shape) == 1 else "cnn_small"}})
     with pytest.raises(MixlabValueError, match=re.escape(expected)):
-        check_analyses(config, EvalSettings(**evaluate), shape)
+        check_analyses(config, EvalSettings(**evaluate))  # as a suite is planned: the shape from the dataset
+    if "task" not in expected:  # with the data read, the same sources and corruptions are refused
+        with pytest.raises(MixlabValueError, match=re.escape(expected)):
+            check_analyses(config, EvalSettings(**evaluate), shape)
 
 
 def test_a_suite_with_an_impossible_analysis_is_refused_before_any_run(tmp_path):
@@ -188,7 +191,9 @@ def test_mixlab_eval_runs_analyses_on_a_saved_run(trained_run):
         ({"name": "csv", "options": {"path": "t.csv", "target": "y", "task": "classification"}, "classes": [0, 1]},
          {"analyses": ["ood"], "ood": ["digits"]}, "the run's inputs are tables"),
         ({"name": "csv", "options": {"path": "t.csv", "target": "y", "task": "classification"}},
-         {"analyses": ["corruptions"]}, "have tables"),
+         {"analyses": ["corruptions"]}, "are tables"),
+        ({"name": "csv", "options": {"path": "t.csv", "target": "y", "task": "classification", "delim": ";"}},
+         {"analyses": ["calibration"]}, "data.options: "),
         ({"name": "imagefolder", "options": {"path": "imgs"}}, {"analyses": ["calibration"]}, "set it to true"),
         ({"name": "imagefolder", "options": {"path": "imgs", "in_memory": True, "image_size": 16}},
          {"analyses": ["transfer"], "transfer": ["mnist1d"]}, "have shape (3, 16, 16)"),
@@ -235,4 +240,19 @@ def test_analyses_leave_the_model_as_they_found_it(six_class_run):
     assert all(
         (g is None and p.grad is None) or torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True)
     )
+
+
+def test_a_saved_run_is_analysed_from_its_loaded_data_and_all_runs_what_can_run(trained_run):
+    from typer.testing import CliRunner
+
+    from mixlab.cli import app
+    from mixlab.evaluate import refused_analyses
+
+    # the fixture run trains on every class: OOD and transfer fall back to digits, which a 28x28 model reads
+    result = CliRunner().invoke(app, ["eval", str(trained_run.output), "--json", "--analysis", "all"])
+    assert result.exit_code == 0, result.output
+    assert {"aece", "corr_acc", "logme", "mmd_mixed_real", "nc1", "ood_auroc_msp"} <= set(json.loads(result.stdout))
+    tables = RunConfig.model_validate({"data": {"name": "digits"}, "model": {"name": "mlp"}})
+    refused = refused_analyses(tables, EvalSettings(analyses=["calibration", "corruptions", "ood"]), (64,))
+    assert sorted(refused) == ["corruptions", "ood"] and "none is available by default" in refused["ood"]
 

@@ -205,10 +205,10 @@ def test_the_ood_legend_quotes_the_per_source_auroc() -> None:
 def test_differences_from_the_baseline_are_paired_by_seed_with_a_t_interval(report) -> None:
     _, markdown, page = report
     header, rows = table(markdown, "Differences from erm")
-    assert header[0] == "method" and "Δ adaptive ECE (%) ↓" in header and "Δ corruption acc. (%) ↑" not in header
+    assert header[0] == "method" and "Δ adaptive ECE (points) ↓" in header and "Δ corruption acc. (points) ↑" not in header
     # aece: mixup 0.02 both seeds, erm 0.05 and 0.06 -> differences -0.03, -0.04: mean -3.50 points,
     # t-interval -3.5 ± t(0.975, 1) * 0.707 / sqrt(2) = -3.5 ± 12.706 * 0.5 = [-9.85, +2.85]
-    assert rows["mixup"][header.index("Δ adaptive ECE (%) ↓")] == "-3.50 [-9.85, +2.85]"
+    assert rows["mixup"][header.index("Δ adaptive ECE (points) ↓")] == "-3.50 [-9.85, +2.85]"
     assert rows["mixup"][header.index("Δ mixed-real MMD²")] == "-0.1000 [-0.1000, -0.1000] *"  # no spread
     assert "cutmix" not in rows  # none of the compared keys (its corr_acc/<name> only): no row
     assert "erm" not in rows and "Differences from erm" in page

@@ -572,7 +572,10 @@ def section_note(section: AnalysisSection) -> str:
             "intervals carry the training's randomness only, and need two seeds or more."
         )
     if section.errors:
-        note += " Analyses that failed after training (their cells are empty): " + "; ".join(section.errors) + "."
+        note += (
+            " Analyses that failed after training: " + "; ".join(section.errors) + ". Those runs lack these "
+            "numbers: their cells and differences use the other seeds, and are empty when no seed has them."
+        )
     if any("corr_mce" in table.columns for table in section.tables):
         note += (
             " mCE: mean over corruptions of the error relative to the baseline's "
@@ -625,6 +628,16 @@ def analysis_html(sections: Sequence[AnalysisSection], colours: dict[str, str] |
     return "\n".join(body)
 
 
+def difference_header(key: str) -> str:
+    """A difference column's header: ``Δ`` and the column's header, percentages read as points.
+
+    Example:
+        >>> difference_header("aece"), difference_header("kid")
+        ('Δ adaptive ECE (points) ↓', 'Δ KID')
+    """
+    return "Δ " + column_header(key).replace("(%)", "(points)")
+
+
 def _difference_columns(section: AnalysisSection) -> list[str]:
     present = {key for differences in section.differences.values() for key in differences}
     return [key for key in DIFFERENCE_KEYS if key in present]
@@ -635,7 +648,7 @@ def _differences_markdown(section: AnalysisSection) -> str:
     lines = [
         f"#### Differences from {section.board.baseline}",
         "",
-        "| method | " + " | ".join(f"Δ {column_header(key)}" for key in columns) + " |",
+        "| method | " + " | ".join(difference_header(key) for key in columns) + " |",
         "|:---|" + "---:|" * len(columns),
     ]
     for method, differences in section.differences.items():
@@ -646,7 +659,7 @@ def _differences_markdown(section: AnalysisSection) -> str:
 
 def _differences_html(section: AnalysisSection, colours: dict[str, str]) -> str:
     columns = _difference_columns(section)
-    head = "".join(f"<th>Δ {html.escape(column_header(key))}</th>" for key in columns)
+    head = "".join(f"<th>{html.escape(difference_header(key))}</th>" for key in columns)
     body = []
     for method, differences in section.differences.items():
         cells = "".join(

@@ -9,7 +9,7 @@ Example:
     1.0
 """
 
-from mixlab.evaluate.analysis import AnalysisResult, analyse, check_analyses
+from mixlab.evaluate.analysis import AnalysisResult, analyse, check_analyses, refused_analyses
 from mixlab.evaluate.calibration import (
     adaptive_ece,
     aurc,
@@ -93,6 +93,7 @@ __all__ = [
     "ood_metrics",
     "predict_logits",
     "probe_accuracy",
+    "refused_analyses",
     "reliability_bins",
     "risk_coverage_curve",
     "sharpness_avg",

@@ -126,21 +126,44 @@ def check_analyses(config: RunConfig, settings: EvalSettings, input_shape: tuple
     """Raise :class:`~mixlab.errors.MixlabValueError` before any training if the analyses ``settings`` selects
     cannot run on ``config``'s data and model, naming what is missing.
 
-    ``input_shape`` is one training sample's shape (default: what the dataset and its options give,
-    :func:`~mixlab.evaluate.sources.expected_input_shape`). Refused: any analysis on a regression task
-    (or a CSV whose task is left to ``auto``); images read lazily from a folder; OOD or transfer without
-    a usable source (held-out classes need one class left out for OOD, two for transfer); corruptions
-    on tables or with unknown names.
+    ``input_shape`` is one training sample's shape when the data has been read; ``None`` (before training)
+    takes it from the dataset and its options (:func:`~mixlab.evaluate.sources.expected_input_shape`) and
+    also checks what only the config can tell then: a regression task (or a CSV whose task is left to
+    ``auto``) and an image folder not held in memory. Always refused: OOD or transfer without a usable
+    source (held-out classes need one class left out for OOD, two for transfer); corruptions on tables or
+    with unknown names.
     """
     if not settings.analyses:
         return
-    _check_task_and_data(config, settings)
+    if input_shape is None:
+        _check_task_and_data(config, settings)
     shape = input_shape if input_shape is not None else expected_input_shape(config)
     for kind in ("ood", "transfer"):
         if kind in settings.analyses:
             _check_sources(kind, config, settings, shape)
     if "corruptions" in settings.analyses:
         _check_corruptions(config, settings, shape)
+
+
+def refused_analyses(
+    config: RunConfig, settings: EvalSettings, input_shape: tuple[int, ...] | None = None
+) -> dict[str, str]:
+    """Each analysis of ``settings.analyses`` that :func:`check_analyses` would refuse, with the reason
+    (``{}``: all can run); used by ``mixlab eval --analysis all`` to run what can run.
+
+    Example:
+        >>> from mixlab.engine.config import RunConfig
+        >>> config = RunConfig.model_validate({"data": {"name": "digits"}, "model": {"name": "mlp"}})
+        >>> sorted(refused_analyses(config, EvalSettings(analyses=["calibration", "corruptions", "ood"]), (64,)))
+        ['corruptions', 'ood']
+    """
+    refused = {}
+    for name in settings.analyses:
+        try:
+            check_analyses(config, settings.model_copy(update={"analyses": [name]}), input_shape)
+        except MixlabValueError as error:
+            refused[name] = str(error)
+    return refused
 
 
 def analyse(
@@ -317,7 +340,7 @@ def _check_sources(kind: str, config: RunConfig, settings: EvalSettings, input_s
     if not names:
         raise MixlabValueError(
             f"analysis {kind!r} needs a source and none is available by default for {config.data.name!r} "
-            f"(inputs {input_shape}): set data.classes to hold classes out, or name one in evaluate.{kind}"
+            f"({_inputs_text(input_shape)}): set data.classes to hold classes out, or name one in evaluate.{kind}"
         )
     for name in names:
         try:
@@ -326,12 +349,16 @@ def _check_sources(kind: str, config: RunConfig, settings: EvalSettings, input_s
             raise MixlabValueError(f"evaluate.{kind}: {error}") from None
 
 
+def _inputs_text(input_shape: tuple[int, ...] | None) -> str:
+    return "tables" if input_shape is None else f"inputs {tuple(input_shape)}"
+
+
 def _check_task_and_data(config: RunConfig, settings: EvalSettings) -> None:
     spec = get_spec(config.data.name)
     try:
         options = spec.resolve_options(config.data.options)
-    except MixlabError:  # reported by the data loader, with the dataset's own message
-        options = {}
+    except MixlabError as error:
+        raise MixlabValueError(f"data.options: {error}") from None
     task = spec.task if spec.task != "auto" else options.get("task", "auto")
     if task != "classification":
         why = "a regression task" if task == "regression" else "a table whose task is decided from the data"
@@ -348,10 +375,10 @@ def _check_task_and_data(config: RunConfig, settings: EvalSettings) -> None:
 
 def _check_corruptions(config: RunConfig, settings: EvalSettings, input_shape: tuple[int, ...] | None) -> None:
     if input_shape is None or len(input_shape) not in (2, 3):
-        shown = "tables" if input_shape is None else f"shape {tuple(input_shape)}"
+        shown = "are tables" if input_shape is None else f"have shape {tuple(input_shape)}"
         raise MixlabValueError(
             f"analysis 'corruptions' needs images (C, H, W) or signals (C, L); the inputs of {config.data.name!r} "
-            f"have {shown}"
+            f"{shown}"
         )
     known = corruption_names((1, *input_shape))
     unknown = [name for name in settings.corruptions or () if name not in known]

@@ -26,7 +26,7 @@ from mixlab.engine.config import RunConfig, format_validation_error
 from mixlab.engine.distributed import resolve_device
 from mixlab.engine.run import build_augment, build_model, load_run_data
 from mixlab.errors import MixlabTypeError, MixlabValueError
-from mixlab.evaluate.analysis import analyse, check_analyses
+from mixlab.evaluate.analysis import analyse, check_analyses, refused_analyses
 from mixlab.evaluate.metrics import (
     classification_metrics,
     fit_temperature,
@@ -147,6 +147,7 @@ def evaluate_checkpoint(
     data_root: str | os.PathLike | None = None,
     settings: EvalSettings | None = None,
     device: DeviceLike = None,
+    skip_refused: bool = False,
 ) -> EvalResult:
     """:func:`evaluate_classifier` on the model of a training run, rebuilt from its checkpoint and config,
     and the analyses ``settings.analyses`` names (:func:`~mixlab.evaluate.analysis.analyse`).
@@ -159,6 +160,8 @@ def evaluate_checkpoint(
         data_root: where to look for the data first (replaces the run's ``data.root``).
         settings: defaults to ``EvalSettings()``.
         device: where to run; default ``auto`` (CUDA, else MPS, else CPU).
+        skip_refused: run only the analyses that can run on this run; the others are listed, with the
+            reason, in the result's ``analysis_skipped`` artifact (default: refuse them all with the reason).
 
     Example:
         >>> evaluate_checkpoint("no/such/run")
@@ -179,6 +182,8 @@ def evaluate_checkpoint(
     model.load_state_dict(state["model"])
     if config.train.channels_last == "on" or (config.train.channels_last == "auto" and len(splits.input_shape) == 3):
         model = model.to(memory_format=torch.channels_last)  # as the engine trained and evaluated it: faster on CPU
+    skipped = refused_analyses(config, settings, tuple(splits.input_shape)) if skip_refused else {}
+    settings = settings.model_copy(update={"analyses": [a for a in settings.analyses if a not in skipped]})
     check_analyses(config, settings, tuple(splits.input_shape))
     augment = build_augment(config, splits)
     common = {"preprocess": lambda x: augment(x, train=False), "device": _resolve(device)}
@@ -189,6 +194,8 @@ def evaluate_checkpoint(
         )
         result.metrics.update(analysis.metrics)
         result.artifacts.update(analysis.artifacts)
+    if skipped:
+        result.artifacts["analysis_skipped"] = skipped
     return result
 
 

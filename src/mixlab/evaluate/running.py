@@ -210,7 +210,8 @@ def seeded_indices(n: int, size: int | None, seed: int) -> Tensor | None:
     ``size`` is ``None`` or not below ``n``. Every analysis draws its subsets this way.
 
     Example:
-        >>> seeded_indices(10, 3, seed=0).tolist() == seeded_indices(10, 3, seed=0).tolist(), seeded_indices(10, 10, 0)
+        >>> kept = seeded_indices(10, 3, seed=0)
+        >>> kept.tolist() == sorted(kept.tolist()) == seeded_indices(10, 3, seed=0).tolist(), seeded_indices(10, 10, 0)
         (True, None)
     """
     if size is None or n <= size:
