@@ -225,6 +225,10 @@ def test_a_failing_analysis_is_recorded_and_the_others_still_run(six_class_run, 
     assert kept.artifacts["analysis_errors"] == kept.errors and "mmd_mixed_real" not in kept.metrics
     with pytest.raises(RuntimeError, match="out of memory"):
         analyse(result.model, result.splits, config, settings, preprocess=preprocess)
+    wrong_kind = EvalSettings(analyses=["calibration", "ood"], ood=["mnist1d"], **SMALL)
+    refused = analyse(result.model, result.splits, config, wrong_kind, preprocess=preprocess, strict=False)
+    assert list(refused.errors) == ["analyses"] and "holds signals" in refused.errors["analyses"]
+    assert refused.metrics == {} and refused.artifacts["analysis_errors"] == refused.errors
 
 
 def test_analyses_leave_the_model_as_they_found_it(six_class_run):

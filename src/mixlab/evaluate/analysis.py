@@ -200,18 +200,13 @@ def analyse(
         >>> sorted(result.metrics)
         ['aece', 'analysis_time_s/calibration', 'aurc', 'cw_ece', 'eaurc', 'mce']
     """
-    if not isinstance(settings, EvalSettings):
-        raise MixlabTypeError(f"settings must be an EvalSettings; got {type(settings).__name__}")
-    if splits.task != "classification":
-        raise MixlabValueError(f"the analyses are for classifiers; {splits.name!r} is a {splits.task} task")
-    check_analyses(config, settings, tuple(splits.input_shape))
-    for name in ("train", "test"):
-        if not isinstance(getattr(splits, name), ArrayData):
-            raise MixlabTypeError(f"the analyses need in-memory splits; {name} is a {type(getattr(splits, name)).__name__}")
-    if test_logits is not None and tuple(test_logits.shape[:1]) != (len(splits.test),):
-        raise MixlabValueError(
-            f"test_logits must have one row per test sample ({len(splits.test)}); got shape {tuple(test_logits.shape)}"
-        )
+    try:
+        _check_run(splits, config, settings, test_logits)
+    except MixlabError as error:
+        if strict:
+            raise
+        errors = {"analyses": f"{type(error).__name__}: {error}"}
+        return AnalysisResult(errors=errors, artifacts={"analysis_errors": dict(errors)})
     run = _Run(model, splits, config, settings, preprocess, device, mixer_state, test_logits)
     result = AnalysisResult()
     for name in (a for a in ANALYSES if a in settings.analyses):
@@ -229,6 +224,22 @@ def analyse(
     if result.errors:
         result.artifacts["analysis_errors"] = dict(result.errors)
     return result
+
+
+def _check_run(splits: DataSplits, config: RunConfig, settings: EvalSettings, test_logits: Tensor | None) -> None:
+    """What :func:`analyse` checks before any analysis: settings, task, in-memory splits, sources, logits."""
+    if not isinstance(settings, EvalSettings):
+        raise MixlabTypeError(f"settings must be an EvalSettings; got {type(settings).__name__}")
+    if splits.task != "classification":
+        raise MixlabValueError(f"the analyses are for classifiers; {splits.name!r} is a {splits.task} task")
+    check_analyses(config, settings, tuple(splits.input_shape))
+    for name in ("train", "test"):
+        if not isinstance(getattr(splits, name), ArrayData):
+            raise MixlabTypeError(f"the analyses need in-memory splits; {name} is a {type(getattr(splits, name)).__name__}")
+    if test_logits is not None and tuple(test_logits.shape[:1]) != (len(splits.test),):
+        raise MixlabValueError(
+            f"test_logits must have one row per test sample ({len(splits.test)}); got shape {tuple(test_logits.shape)}"
+        )
 
 
 # ------------------------------------------------------------------ the analyses
