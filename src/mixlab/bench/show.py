@@ -88,7 +88,7 @@ def mix_figure(
         9
     """
     method, options = parse_mix(mix)
-    pairs, seed = check_int("pairs", pairs, 1), check_int("seed", seed)
+    pairs, seed = _check_pairs(pairs), check_int("seed", seed)
     layout = check_choice("layout", layout, LAYOUTS)
     _check_batch(x, y)
     index = spread_classes(y, min(x.shape[0], _BATCH_PER_PAIR * pairs))
@@ -145,7 +145,7 @@ def show_method(
     from mixlab.engine.checkpoint import atomic_write_bytes
 
     options = dict(options or {})
-    pairs, seed = check_int("pairs", pairs, 1), check_int("seed", seed)
+    pairs, seed = _check_pairs(pairs), check_int("seed", seed)
     check_display_method(method, options, seed)
     splits = load_dataset(dataset, root=data_root)
     x, y = pick_samples(splits.test, _BATCH_PER_PAIR * pairs)
@@ -535,3 +535,14 @@ def _signal_panel(axes: Axes, rows: dict[str, Tensor], row_name: str, column: in
 def _plot_channels(axes: Axes, signal: Tensor, colour: str, *, alpha: float, width: float) -> None:
     for channel in signal.float():
         axes.plot(channel.numpy(), color=colour, alpha=alpha, linewidth=width)
+
+
+#: the most pairs a picture shows: each is a column of three images, and more are unreadable (and slow to draw).
+MAX_PAIRS = 32
+
+
+def _check_pairs(pairs: object) -> int:
+    pairs = check_int("pairs", pairs, 1)
+    if pairs > MAX_PAIRS:
+        raise MixlabValueError(f"pairs must be at most {MAX_PAIRS} (one column each); got {pairs}")
+    return pairs

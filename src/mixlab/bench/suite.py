@@ -59,6 +59,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: the longest suite name or method label: each becomes a directory name under the output folder.
+MAX_LABEL_LENGTH = 100
+#: what a suite name or method label may hold (one path component; "." and ".." are refused by a validator).
+LABEL_PATTERN = r"^[A-Za-z0-9_.+-]+$"
+
+
+def _one_path_component(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} would name a directory outside the run's folder; use letters, digits, _ . + -")
+    return name
+
+
 class SuiteModel(_Strict):
     """A backbone entry: its name and options, and optimiser/training settings it needs (a ViT wants AdamW)."""
 
@@ -75,10 +87,16 @@ class SuiteMethod(_Strict):
     with these names; ``None`` runs it on every model.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    # a label names a run directory: one path component, well under the 255-byte file-name limit
+    name: str = Field(pattern=LABEL_PATTERN, max_length=MAX_LABEL_LENGTH)
     description: str = ""
     mix: dict[str, Any] = Field(default_factory=dict)
     models: list[str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, name: str) -> str:
+        return _one_path_component(name)
 
 
 class SuiteDataset(_Strict):
@@ -96,7 +114,7 @@ class SuiteDataset(_Strict):
 class Suite(_Strict):
     """A benchmark suite (see the module docstring for the file format)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: str = Field(pattern=LABEL_PATTERN, max_length=MAX_LABEL_LENGTH)
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     datasets: list[SuiteDataset] = Field(min_length=1)
@@ -105,6 +123,11 @@ class Suite(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     evaluate: dict[str, Any] = Field(default_factory=dict)
     baseline: str = Field(BASELINE_METHOD, description="the method label every other method is compared with")
+
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, name: str) -> str:
+        return _one_path_component(name)
 
     @field_validator("methods")
     @classmethod
