@@ -342,6 +342,12 @@ def validate_batch(
         raise MixlabTypeError(f"{method}: x must be a torch.Tensor; got {type(x).__name__}")
     if not isinstance(y, torch.Tensor):
         raise MixlabTypeError(f"{method}: y must be a torch.Tensor; got {type(y).__name__}")
+    for name, tensor in (("x", x), ("y", y)):
+        if tensor.device.type == "meta":
+            raise MixlabValueError(
+                f"{method}: {name} is on device {tensor.device}, which holds shapes but no data; mixers need "
+                "tensors with data (cpu, cuda or mps): build the batch on a real device"
+            )
     if floating and not x.is_floating_point():
         raise MixlabTypeError(
             f"{method}: x must be a floating tensor (float32, float16, bfloat16, float64); got dtype {x.dtype}. "
@@ -375,12 +381,46 @@ def validate_batch(
             raise MixlabValueError(
                 f"{method}: soft labels must have num_classes={num_classes} columns; got y of shape {tuple(y.shape)}"
             )
+        if num_classes is not None and y.ndim == 2:
+            check_soft_labels(y, what=f"{method}: soft labels y")
         return
     if y.is_complex():
         raise MixlabTypeError(f"{method}: y must be real; got dtype {y.dtype}")
     if y.ndim != 1:
         raise MixlabValueError(f"{method}: class indices must have shape (N,); got {tuple(y.shape)}")
     _check_class_indices(y, num_classes)
+
+
+#: Tolerance on a soft-label row sum in float32/float64 (half types allow their own rounding, see check_soft_labels).
+SOFT_LABEL_ATOL = 1e-4
+
+
+def check_soft_labels(y: torch.Tensor, what: str = "soft labels") -> None:
+    """Raise unless every row of the ``(N, K)`` floating ``y`` is a distribution: entries >= 0, summing to 1.
+
+    The tolerance on the sum is :data:`SOFT_LABEL_ATOL`, or the dtype's epsilon when larger:
+    rounding each entry to float16/bfloat16 moves the sum by at most ``eps / 2``. One vectorised
+    pass and one device sync on CUDA (as for class indices); the row is located only on error.
+
+    Example:
+        >>> check_soft_labels(torch.tensor([[0.95, 0.05], [0.05, 0.95]]))
+        >>> check_soft_labels(torch.tensor([[0.9, 0.3]]))
+        Traceback (most recent call last):
+        ...
+        mixlab.errors.MixlabValueError: soft labels must be non-negative rows summing to 1 (tolerance 0.0001); got row 0 summing to 1.2
+    """
+    if y.numel() == 0:
+        return
+    atol = max(SOFT_LABEL_ATOL, torch.finfo(y.dtype).eps)
+    row_error = (y.sum(dim=1, dtype=torch.float32) - 1.0).abs()
+    lowest, worst_error = torch.stack((y.amin().to(torch.float32), row_error.amax())).tolist()
+    expected = f"{what} must be non-negative rows summing to 1 (tolerance {atol:g})"
+    if not lowest >= 0:  # also catches NaN
+        row = int(y.amin(dim=1).to(torch.float32).nan_to_num(float("-inf")).argmin())
+        raise MixlabValueError(f"{expected}; got {lowest:g} in row {row}")
+    if not worst_error <= atol:
+        row = int(row_error.nan_to_num(float("inf")).argmax())
+        raise MixlabValueError(f"{expected}; got row {row} summing to {float(y[row].sum(dtype=torch.float32)):.6g}")
 
 
 def _are_distributions(weights: torch.Tensor) -> bool:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mixlab.batch import MixedBatch, _check_class_indices
+from mixlab.batch import MixedBatch, _check_class_indices, check_soft_labels
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_non_negative, check_probability
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -58,6 +58,7 @@ def _check_targets(y: Tensor, num_classes: int, n: int) -> None:
     if y.is_floating_point():
         if y.shape != (y.shape[0], num_classes):
             raise MixlabValueError(f"soft labels must have shape (N, {num_classes}); got {tuple(y.shape)}")
+        check_soft_labels(y)
     else:
         _check_class_indices(y, num_classes)
 

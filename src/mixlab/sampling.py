@@ -349,9 +349,24 @@ class CMixupPairing(PairSampler):
         self.truncated_mass = 0.0
 
     def check(self, y: torch.Tensor) -> None:
-        """C-Mixup compares regression targets: they must be floating."""
+        """C-Mixup compares regression targets: they must be floating and finite.
+
+        A NaN distance would make every kernel row NaN and pair the whole batch with row 0, silently.
+
+        Example:
+            >>> CMixupPairing().check(torch.tensor([0.0, float("nan")]))
+            Traceback (most recent call last):
+            ...
+            mixlab.errors.MixlabValueError: c_mixup pairs by target distance and needs finite targets; got 1 NaN and 0 inf among 2 target values. Drop or impute those samples first
+        """
         if not y.is_floating_point():
             raise MixlabTypeError(f"c_mixup pairs by target distance and needs float targets; got dtype {y.dtype}")
+        nan_count, inf_count = torch.stack((y.isnan().sum(), y.isinf().sum())).tolist()
+        if nan_count or inf_count:
+            raise MixlabValueError(
+                f"c_mixup pairs by target distance and needs finite targets; got {nan_count} NaN and {inf_count} inf "
+                f"among {y.numel()} target values. Drop or impute those samples first"
+            )
 
     def probabilities(self, y: torch.Tensor) -> torch.Tensor:
         """Return the ``(N, N)`` row-stochastic kernel over targets ``y`` (the rates among exactly these samples)."""

@@ -179,6 +179,7 @@ class Mixer(ABC):
         self, x: torch.Tensor, y: torch.Tensor, params: MixParams, *, context: dict[str, Any] | None = None
     ) -> MixedBatch:
         """Blend ``x`` with its partners as ``params`` say; deterministic."""
+        check_params_fit_batch(params, x)
         if not params.mixed:
             return MixedBatch.unmixed(x, y)
         inputs = self._mix(x, params, context or {})
@@ -380,6 +381,27 @@ def blend(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor, *, inplace:
     # In place still needs the partner copy (x is overwritten); copying back keeps
     # the result bit-identical to the out-of-place one.
     return x.copy_(out) if inplace else out
+
+
+def check_params_fit_batch(params: MixParams, x: torch.Tensor) -> None:
+    """Raise unless ``params.perm`` and ``params.lam`` hold one entry per sample of ``x`` (shape checks only, no sync).
+
+    Params drawn for another batch would index out of range or, worse, pair the wrong samples.
+
+    Example:
+        >>> check_params_fit_batch(unmixed_params(torch.zeros(8, 3)), torch.zeros(4, 3))
+        Traceback (most recent call last):
+        ...
+        mixlab.errors.MixlabValueError: params were drawn for a batch of 8 samples (perm (8,), lam (8,)) but this batch has 4; draw params for this batch with mixer.sample(x, y)
+    """
+    n = x.shape[0]
+    perm_shape, lam_shape = tuple(params.perm.shape), tuple(params.lam.shape)
+    if perm_shape != (n,) or lam_shape != (n,):
+        drawn = perm_shape[0] if perm_shape else "?"
+        raise MixlabValueError(
+            f"params were drawn for a batch of {drawn} samples (perm {perm_shape}, lam {lam_shape}) but this batch "
+            f"has {n}; draw params for this batch with mixer.sample(x, y)"
+        )
 
 
 def unmixed_params(x: torch.Tensor) -> MixParams:
