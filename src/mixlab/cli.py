@@ -129,6 +129,7 @@ def bench(
     from mixlab.bench.suite import load_suite, plan_suite
 
     with _reported():
+        _check_bench_options(workers, output, report_dir, store)
         plan = plan_suite(
             load_suite(suite), overrides=list(overrides or []), data_root=data_root, methods=methods or None
         )
@@ -158,6 +159,19 @@ def bench(
         raise typer.Exit(1)
 
 
+def _check_bench_options(workers: int, output: Path, report_dir: Path, store: Path) -> None:
+    """What would fail only after the store was created or the runs had started (refused first)."""
+    from mixlab.errors import MixlabValueError
+
+    if workers < 1:
+        raise MixlabValueError(f"--workers must be at least 1 (runs trained at once); got {workers}")
+    for option, path in (("--output", output), ("--report", report_dir)):
+        if path.exists() and not path.is_dir():
+            raise MixlabValueError(f"{option} {str(path)!r} is a file; it must be a directory (or a path to create)")
+    if store.is_dir():
+        raise MixlabValueError(f"--store {str(store)!r} is a directory; it must be the store's file (e.g. runs/mixlab.db)")
+
+
 @app.command()
 def report(
     suite: Annotated[str | None, typer.Option("--suite", "-s", help="Suite name (default: the latest run).")] = None,
@@ -171,6 +185,8 @@ def report(
     with _reported():
         if not store.is_file():
             raise StoreError(f"no results store at {str(store)!r}; run `mixlab bench` first or pass --store")
+        if store.stat().st_size == 0:  # opening it would make it a store: a report must not write its input
+            raise StoreError(f"{str(store)!r} is an empty file, not a results store; pass the store `mixlab bench` wrote")
         with ResultStore(store) as results:
             names = results.suite_names()
             name = suite or (names[0] if names else None)
@@ -211,6 +227,8 @@ def compare(
     with _reported():
         if not store.is_file():
             raise StoreError(f"no results store at {str(store)!r}; run `mixlab bench` first or pass --store")
+        if store.stat().st_size == 0:  # opening it would make it a store: a report must not write its input
+            raise StoreError(f"{str(store)!r} is an empty file, not a results store; pass the store `mixlab bench` wrote")
         with ResultStore(store) as results:
             a, b = (_one_run(results, text) for text in (run_a, run_b))
         comparison = compare_runs(a, b, resamples=resamples, seed=seed)
