@@ -54,7 +54,7 @@ from mixlab.errors import (
     check_non_negative,
     check_probability,
 )
-from mixlab.methods.base import Mixer, MixParams, unmixed_params
+from mixlab.methods.base import Mixer, MixParams, check_params_fit_batch, unmixed_params
 from mixlab.methods.blocks import block_counts, block_index, block_saliency, expand_blocks
 from mixlab.methods.context import SALIENCY, MixerNeeds, clean_loss_terms, keep_clean_loss
 
@@ -751,6 +751,7 @@ class CoMixup(Mixer):
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
         """Assemble the outputs from the blocks ``params.extra`` names; keep the clean loss for :meth:`loss_terms`."""
+        check_params_fit_batch(params, x)
         aux: dict[str, Any] = {}
         keep_clean_loss(aux, context, self.clean_weight)
         if not params.mixed:

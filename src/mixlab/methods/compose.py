@@ -11,7 +11,7 @@ from torch import Generator, Tensor
 
 from mixlab.batch import MixedBatch
 from mixlab.errors import MixlabTypeError, MixlabValueError, check_choice, check_non_negative
-from mixlab.methods.base import LAM_MODES, Mixer, MixParams, unmixed_params
+from mixlab.methods.base import LAM_MODES, Mixer, MixParams, check_params_fit_batch, unmixed_params
 from mixlab.methods.context import MixerNeeds
 from mixlab.sampling import PairSampler, RandomPairing, as_cpu_generator, numpy_rng
 
@@ -224,6 +224,7 @@ class RandomChoice(Mixer):
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
         """Apply the chosen mixer(s)."""
+        check_params_fit_batch(params, x)
         if not params.mixed:
             return MixedBatch.unmixed(x, y)
         if self.mode == "batch":

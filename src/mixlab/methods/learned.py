@@ -47,7 +47,7 @@ from mixlab.errors import (
     check_probability,
 )
 from mixlab.losses import mixed_cross_entropy
-from mixlab.methods.base import Mixer, MixParams, unmixed_params
+from mixlab.methods.base import Mixer, MixParams, check_params_fit_batch, unmixed_params
 from mixlab.methods.context import INPUT, OUTPUT, MixerNeeds, find_modules, forward_until, make_ema, unwrap
 
 #: Where a learned mixer keeps, in ``MixedBatch.aux``, what its ``loss_terms`` need.
@@ -478,6 +478,7 @@ class _LearnedMaskMixer(Mixer):
 
     def apply(self, x: Tensor, y: Tensor, params: MixParams, *, context: dict[str, Any] | None = None) -> MixedBatch:
         """Generate the masks from the momentum encoder's features and mix; ``aux`` keeps the generator's graph."""
+        check_params_fit_batch(params, x)
         if not params.mixed:
             return MixedBatch.unmixed(x, y)
         block, encoder = self._require_bound()
