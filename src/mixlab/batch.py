@@ -342,6 +342,8 @@ def validate_batch(
         raise MixlabTypeError(f"{method}: x must be a torch.Tensor; got {type(x).__name__}")
     if not isinstance(y, torch.Tensor):
         raise MixlabTypeError(f"{method}: y must be a torch.Tensor; got {type(y).__name__}")
+    if y.device != x.device:
+        raise MixlabValueError(f"{method}: x and y must be on the same device; got x on {x.device}, y on {y.device}")
     for name, tensor in (("x", x), ("y", y)):
         if tensor.device.type == "meta":
             raise MixlabValueError(
@@ -366,8 +368,6 @@ def validate_batch(
         raise MixlabValueError(f"{method}: the batch is empty; got x of shape {tuple(x.shape)}")
     if 0 in x.shape[1:]:
         raise MixlabValueError(f"{method}: x has a dim of size 0; got shape {tuple(x.shape)}")
-    if y.device != x.device:
-        raise MixlabValueError(f"{method}: x and y must be on the same device; got x on {x.device}, y on {y.device}")
     if y.ndim < 1 or y.shape[0] != x.shape[0]:
         raise MixlabValueError(
             f"{method}: x and y must have the same batch size; got x {tuple(x.shape)} and y {tuple(y.shape)}"
