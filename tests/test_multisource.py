@@ -118,7 +118,7 @@ def test_engine_refuses_a_two_source_loss_with_a_multi_source_mixer():
     [
         (torch.tensor([[0], [1], [2], [3]]), torch.ones(4, 1), r"sources must be a long tensor of shape \(N=4, K>=2\)"),
         (SOURCES, WEIGHTS[:, :2], "weights must be floating with the shape of sources"),
-        (SOURCES, WEIGHTS * 2, "each row must sum to 1"),
+        (SOURCES, WEIGHTS * 2, "weights must be non-negative rows summing to 1 .*got row 0 summing to 2"),
         (SOURCES, torch.tensor([[1.5, -0.5, 0.0]]).expand(4, 3), "non-negative"),
         (SOURCES + 1, WEIGHTS, r"sources must index the batch, in \[0, 4\)"),
     ],
